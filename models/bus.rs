@@ -1,0 +1,134 @@
+//! Bus scenarios: registration and unregistration (including the allocation-failure path that
+//! publishes a NULL bus) racing a vCPU's dispatch on the same bus.
+//!
+//! The vCPU checks, inside its SRCU read section, that the array it sees is well-formed (never
+//! torn) and points only to live devices, then makes its access; the outcome must be one the
+//! kernel allows (handled by the ioeventfd and counted once, or an exit and not counted).
+
+use super::{Expected, Failure, Scenario, assertion, verdict};
+use ioregionfd_model::bus::{BusKind, Reclaim, check_bus_array};
+use ioregionfd_model::kvm::Kvm;
+use ioregionfd_model::sync::{Arc, spawn_named};
+use ioregionfd_model::uapi::{KVM_IOEVENTFD_FLAG_DEASSIGN, KvmIoeventfd};
+use ioregionfd_model::vm::{AccessOutcome, VmConfig};
+
+const A: u64 = 0x1000;
+const B: u64 = 0x2000;
+
+/// What the VMM thread does while the vCPU dispatches a write to `A`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    /// Register an ioeventfd at `B`.
+    Register,
+    /// Register at `B` with the allocation failing.
+    RegisterEnomem,
+    /// Deassign the ioeventfd at `A`.
+    Deassign,
+    /// Deassign it with the allocation failing (NULL bus, every device destroyed).
+    DeassignEnomem,
+}
+
+fn race(vmm: Vmm, reclaim: Reclaim) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::new());
+    let mut config = VmConfig::default();
+    config.bus.reclaim = reclaim;
+    let vm_id = kvm.create_vm(config);
+    let vm = kvm.vm(vm_id).expect("vm");
+    let efd_a = kvm.eventfd();
+    let efd_b = kvm.eventfd();
+    let at_a = KvmIoeventfd { addr: A, len: 4, fd: efd_a, ..Default::default() };
+    kvm.ioeventfd(vm_id, &at_a).expect("setup: ioeventfd at A");
+    if matches!(vmm, Vmm::RegisterEnomem | Vmm::DeassignEnomem) {
+        vm.fail_next_alloc(BusKind::Mmio);
+    }
+
+    let vcpu_vm = vm.clone();
+    let vcpu = spawn_named("vcpu0", move || {
+        let seen = {
+            let reader = vcpu_vm.io.srcu.read_lock();
+            let array = vcpu_vm.io.bus(BusKind::Mmio).get_srcu(&reader);
+            array.map(|a| check_bus_array(BusKind::Mmio, &a)).unwrap_or_default()
+        };
+        let outcome = vcpu_vm.mmio_write(A, &1u32.to_le_bytes());
+        (seen.into_iter().map(|(i, t)| format!("{}: {t}", i.id)).collect::<Vec<_>>(), outcome)
+    });
+    let vmm_kvm = kvm.clone();
+    let vmm_thread = spawn_named("vmm", move || match vmm {
+        Vmm::Register | Vmm::RegisterEnomem => {
+            vmm_kvm.ioeventfd(vm_id, &KvmIoeventfd { addr: B, len: 4, fd: efd_b, ..Default::default() })
+        }
+        Vmm::Deassign | Vmm::DeassignEnomem => {
+            vmm_kvm.ioeventfd(vm_id, &KvmIoeventfd { flags: KVM_IOEVENTFD_FLAG_DEASSIGN, ..at_a })
+        }
+    });
+    let (seen, outcome) = vcpu.join().expect("vcpu thread");
+    let vmm_result = vmm_thread.join().expect("vmm thread");
+
+    verdict(&kvm)?;
+    assertion(&kvm, seen.is_empty(), format!("the vCPU saw a malformed bus array: {seen:?}"))?;
+    let count = kvm.eventfd_count(efd_a).expect("eventfd A open");
+    match &outcome {
+        AccessOutcome::Handled(h) => assertion(
+            &kvm,
+            h.to_string() == format!("eventfd {efd_a}") && count == 1,
+            format!("handled by {h}, eventfd A counted {count}"),
+        )?,
+        AccessOutcome::Exit(_) => assertion(
+            &kvm,
+            matches!(vmm, Vmm::Deassign | Vmm::DeassignEnomem) && count == 0,
+            format!("the write to A exited ({outcome}) with eventfd A counted {count}"),
+        )?,
+    }
+    let expected_vmm = match vmm {
+        Vmm::Register | Vmm::Deassign | Vmm::DeassignEnomem => Ok(()),
+        Vmm::RegisterEnomem => Err(ioregionfd_model::errno::Errno::ENOMEM),
+    };
+    assertion(&kvm, vmm_result == expected_vmm, format!("the VMM's ioctl returned {vmm_result:?}"))
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "bus-register-vs-dispatch",
+            summary: "KVM_IOEVENTFD adds an entry at B while a vCPU writes A",
+            design: "mainline",
+            expected: Expected::Holds,
+            run: || race(Vmm::Register, Reclaim::AfterReaders),
+        },
+        Scenario {
+            name: "bus-register-enomem-vs-dispatch",
+            summary: "the array allocation of a register fails while a vCPU writes A",
+            design: "mainline",
+            expected: Expected::Holds,
+            run: || race(Vmm::RegisterEnomem, Reclaim::AfterReaders),
+        },
+        Scenario {
+            name: "bus-unregister-vs-dispatch",
+            summary: "KVM_IOEVENTFD deassigns A while a vCPU writes A",
+            design: "mainline",
+            expected: Expected::Holds,
+            run: || race(Vmm::Deassign, Reclaim::AfterReaders),
+        },
+        Scenario {
+            name: "bus-unregister-enomem-vs-dispatch",
+            summary: "deassign of A fails to allocate: NULL bus, every device destroyed, while a vCPU writes A",
+            design: "mainline",
+            expected: Expected::Holds,
+            run: || race(Vmm::DeassignEnomem, Reclaim::AfterReaders),
+        },
+        Scenario {
+            name: "bus-unregister-vs-dispatch",
+            summary: "as above, but unregister destroys without waiting for SRCU readers",
+            design: "defect:no-srcu-wait",
+            expected: Expected::Violates("lifetime"),
+            run: || race(Vmm::Deassign, Reclaim::Immediately),
+        },
+        Scenario {
+            name: "bus-unregister-enomem-vs-dispatch",
+            summary: "as above, but the NULL-bus path destroys without waiting for SRCU readers",
+            design: "defect:no-srcu-wait",
+            expected: Expected::Violates("lifetime"),
+            run: || race(Vmm::DeassignEnomem, Reclaim::Immediately),
+        },
+    ]
+}

@@ -1,0 +1,312 @@
+//! The loom scenario catalogue and its report harness: `cargo model`.
+//!
+//! Each scenario builds a small system, runs its threads (at most 4 spawned, loom's limit), and
+//! returns the verdict of the invariant checks. Under `--cfg loom` the harness explores every
+//! interleaving up to the preemption bound and stops a scenario at the first failing execution,
+//! whose trace it prints. Every scenario has an expected verdict; a scenario that should find a
+//! defect and no longer does is a regression of the checker, and fails like any other mismatch.
+//!
+//! Without `--cfg loom` (plain `cargo test`) each scenario runs once on real threads: a smoke run
+//! that shows the scenarios build and terminate, not a proof; its verdicts are not compared with
+//! the expected ones when they depend on the schedule.
+
+mod bus;
+
+use ioregionfd_model::kvm::Kvm;
+use std::io::Write;
+use std::time::Instant;
+
+/// What a scenario should conclude.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// Every invariant holds in every explored interleaving.
+    Holds,
+    /// Some interleaving violates this invariant.
+    Violates(&'static str),
+}
+
+/// One entry of the catalogue.
+pub struct Scenario {
+    /// Stable name (`cargo model -- NAME` selects by substring).
+    pub name: &'static str,
+    /// What happens in it.
+    pub summary: &'static str,
+    /// The design or variant it runs under (`mainline`, or a named defect).
+    pub design: &'static str,
+    /// The expected verdict.
+    pub expected: Expected,
+    /// One execution: `Err` with the failure when an invariant is violated.
+    pub run: fn() -> Result<(), Failure>,
+}
+
+/// A failing execution: the violated invariant, what was seen, and the trace.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// Invariant id (or `panic` / `deadlock` for a crash of the model itself).
+    pub invariant: String,
+    /// What was seen.
+    pub text: String,
+    /// The numbered event list of the execution.
+    pub trace: String,
+}
+
+/// The verdict of one execution of a system: the first recorded violation, then the structural
+/// checks; `Ok` when everything holds.
+pub fn verdict(kvm: &Kvm) -> Result<(), Failure> {
+    let rec = kvm.recorder();
+    let first = rec.violations().into_iter().next().map(|v| (v.invariant.to_string(), v.text));
+    let structural = || kvm.check_structure().into_iter().next().map(|(i, t)| (i.id.to_string(), t));
+    match first.or_else(structural) {
+        None => Ok(()),
+        Some((invariant, text)) => Err(Failure { invariant, text, trace: rec.format_trace() }),
+    }
+}
+
+/// A scenario's own assertion (an outcome no design may produce), as a failure with the trace.
+pub fn assertion(kvm: &Kvm, ok: bool, text: impl Into<String>) -> Result<(), Failure> {
+    if ok {
+        return Ok(());
+    }
+    Err(Failure { invariant: "assertion".into(), text: text.into(), trace: kvm.recorder().format_trace() })
+}
+
+fn catalogue() -> Vec<Scenario> {
+    bus::scenarios()
+}
+
+struct Row {
+    name: &'static str,
+    design: &'static str,
+    expected: Expected,
+    verdict: String,
+    failure: Option<Failure>,
+    interleavings: usize,
+    seconds: f64,
+    passed: bool,
+}
+
+fn expected_text(e: Expected) -> String {
+    match e {
+        Expected::Holds => "holds".into(),
+        Expected::Violates(id) => id.into(),
+    }
+}
+
+#[cfg(loom)]
+mod explore {
+    use super::{Failure, Scenario};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+    static FAILURE: Mutex<Option<Failure>> = Mutex::new(None);
+    static PANIC: Mutex<Option<String>> = Mutex::new(None);
+    const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
+
+    /// Explores every interleaving of `s` up to `bound` preemptions.
+    pub fn run(s: &Scenario, bound: usize) -> (Option<Failure>, usize) {
+        EXECUTIONS.store(0, Ordering::SeqCst);
+        *FAILURE.lock().unwrap() = None;
+        *PANIC.lock().unwrap() = None;
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if msg != STOP {
+                let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                PANIC.lock().unwrap().get_or_insert(format!("{msg}{at}"));
+            }
+        }));
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(bound);
+        builder.max_branches = 100_000;
+        let body = s.run;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            builder.check(move || {
+                EXECUTIONS.fetch_add(1, Ordering::SeqCst);
+                if let Err(f) = body() {
+                    FAILURE.lock().unwrap().get_or_insert(f);
+                    std::panic::panic_any(STOP);
+                }
+            })
+        }));
+        std::panic::set_hook(previous_hook);
+        let executions = EXECUTIONS.load(Ordering::SeqCst);
+        let failure = match result {
+            Ok(()) => None,
+            Err(_) => FAILURE.lock().unwrap().take().or_else(|| {
+                let msg = PANIC.lock().unwrap().take().unwrap_or_else(|| "unknown panic".into());
+                let invariant = if msg.contains("deadlock") { "deadlock" } else { "panic" };
+                Some(Failure { invariant: invariant.into(), text: msg, trace: String::new() })
+            }),
+        };
+        (failure, executions)
+    }
+}
+
+#[cfg(not(loom))]
+mod explore {
+    use super::{Failure, Scenario};
+
+    /// One execution on real threads.
+    pub fn run(s: &Scenario, _bound: usize) -> (Option<Failure>, usize) {
+        ((s.run)().err(), 1)
+    }
+}
+
+fn options() -> Result<(usize, Vec<String>), String> {
+    let mut bound = match std::env::var("LOOM_MAX_PREEMPTIONS") {
+        Ok(v) => v.parse().map_err(|_| format!("LOOM_MAX_PREEMPTIONS={v} is not a number"))?,
+        Err(_) => 2,
+    };
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--" => {}
+            "--bound" => {
+                let v = args.next().ok_or("--bound needs a number")?;
+                bound = v.parse().map_err(|_| format!("--bound {v} is not a number"))?;
+            }
+            // Flags cargo's test runner passes to every test target; nothing to do here.
+            "--nocapture" | "--quiet" | "-q" | "--color" | "--test-threads" => {}
+            f if f.starts_with('-') => return Err(format!("unknown option {f}")),
+            f => filters.push(f.to_string()),
+        }
+    }
+    Ok((bound, filters))
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn write_report(rows: &[Row], bound: usize) -> std::io::Result<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/model-report");
+    std::fs::create_dir_all(dir.join("traces"))?;
+    let mut json = String::from("[\n");
+    for (i, r) in rows.iter().enumerate() {
+        let trace = r.failure.as_ref().map(|f| f.trace.as_str()).unwrap_or("");
+        json.push_str(&format!(
+            "  {{\"scenario\": {}, \"design\": {}, \"expected\": {}, \"verdict\": {}, \"text\": {}, \"interleavings\": {}, \"seconds\": {:.3}, \"bound\": {}, \"backend\": {}, \"passed\": {}, \"trace\": {}}}{}\n",
+            json_str(r.name),
+            json_str(r.design),
+            json_str(&expected_text(r.expected)),
+            json_str(&r.verdict),
+            json_str(r.failure.as_ref().map(|f| f.text.as_str()).unwrap_or("")),
+            r.interleavings,
+            r.seconds,
+            bound,
+            json_str(ioregionfd_model::sync::BACKEND),
+            r.passed,
+            json_str(trace),
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+        if let Some(f) = &r.failure {
+            let body = format!("{} under {}: violated {}: {}\n{}", r.name, r.design, f.invariant, f.text, f.trace);
+            std::fs::write(dir.join("traces").join(format!("{}.{}.txt", r.name, r.design)), body)?;
+        }
+    }
+    json.push_str("]\n");
+    std::fs::write(dir.join("report.json"), json)?;
+    Ok(dir)
+}
+
+fn main() {
+    let (bound, filters) = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("models: {e}\nusage: cargo model [-- [--bound N] [NAME...]]");
+            std::process::exit(2);
+        }
+    };
+    let exhaustive = cfg!(loom);
+    let all = catalogue();
+    let chosen: Vec<&Scenario> =
+        all.iter().filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str()))).collect();
+    if exhaustive {
+        eprintln!("models: {} scenarios under loom, preemption bound {bound}", chosen.len());
+    } else {
+        eprintln!(
+            "models: built without --cfg loom: each of {} scenarios runs once on real threads (a smoke run); `cargo model` explores every interleaving",
+            chosen.len()
+        );
+    }
+    let mut rows = Vec::new();
+    for (i, s) in chosen.iter().enumerate() {
+        eprint!("[{}/{}] {} ({}) ... ", i + 1, chosen.len(), s.name, s.design);
+        let _ = std::io::stderr().flush();
+        let start = Instant::now();
+        let (failure, interleavings) = explore::run(s, bound);
+        let seconds = start.elapsed().as_secs_f64();
+        let verdict = failure.as_ref().map_or_else(|| "holds".to_string(), |f| f.invariant.clone());
+        let passed =
+            verdict == expected_text(s.expected) || (!exhaustive && s.expected != Expected::Holds && failure.is_none());
+        eprintln!("{verdict} ({interleavings} interleavings, {seconds:.2} s)");
+        rows.push(Row {
+            name: s.name,
+            design: s.design,
+            expected: s.expected,
+            verdict,
+            failure,
+            interleavings,
+            seconds,
+            passed,
+        });
+    }
+    println!(
+        "\n{:<40} {:<22} {:<10} {:<10} {:>13} {:>8}",
+        "scenario", "design", "expected", "verdict", "interleavings", "seconds"
+    );
+    for r in &rows {
+        let mark = if r.passed { "" } else { "  <- MISMATCH" };
+        println!(
+            "{:<40} {:<22} {:<10} {:<10} {:>13} {:>8.2}{mark}",
+            r.name,
+            r.design,
+            expected_text(r.expected),
+            r.verdict,
+            r.interleavings,
+            r.seconds
+        );
+    }
+    for r in rows.iter().filter(|r| r.failure.is_some()) {
+        let f = r.failure.as_ref().expect("failure");
+        println!("\n== counterexample: {} under {}: {} violated: {}", r.name, r.design, f.invariant, f.text);
+        print!("{}", f.trace);
+        println!("replay: cargo model -- {}   (add LOOM_LOG=trace LOOM_LOCATION=1 for loom's own step log)", r.name);
+    }
+    if !exhaustive {
+        println!("\n(smoke run: no report written; `cargo model` writes target/model-report/)");
+    } else {
+        report(&rows, bound);
+    }
+    let failed = rows.iter().filter(|r| !r.passed).count();
+    println!("{} passed, {} failed", rows.len() - failed, failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+fn report(rows: &[Row], bound: usize) {
+    match write_report(rows, bound) {
+        Ok(dir) => println!("\nreport: {}/report.json (traces in {}/traces/)", dir.display(), dir.display()),
+        Err(e) => eprintln!("models: cannot write the report: {e}"),
+    }
+}

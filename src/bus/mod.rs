@@ -1,0 +1,700 @@
+//! The in-kernel I/O bus (`struct kvm_io_bus`), mirroring `virt/kvm/kvm_main.c`.
+//!
+//! | model | kernel |
+//! |---|---|
+//! | [`kvm_io_bus_cmp`] | `kvm_io_bus_cmp` |
+//! | [`linux_bsearch`] | `__inline_bsearch` (`include/linux/bsearch.h`) |
+//! | [`BusArray::get_first_dev`] | `kvm_io_bus_get_first_dev` |
+//! | [`IoBus::register_dev`] | `kvm_io_bus_register_dev` |
+//! | [`IoBus::unregister_dev`] | `kvm_io_bus_unregister_dev` (v6.5+) |
+//! | [`IoBus::write`] / [`IoBus::read`] | `kvm_io_bus_write` / `kvm_io_bus_read` and their `__` helpers |
+//! | [`IoBus::destroy`] | `kvm_io_bus_destroy` plus `kvm->buses[i] = NULL` in `kvm_destroy_vm` |
+//!
+//! Locking rules, as in the kernel: writers (register, unregister, destroy) hold `kvm->slots_lock`,
+//! which the functions demand as a [`SlotsGuard`]; readers (a vCPU dispatching an access) hold
+//! `kvm->srcu`, demanded as a [`SrcuReadGuard`]. The array is copy-on-write: a writer builds a new
+//! [`BusArray`], publishes it, and the old one is freed only after every reader that could see it
+//! has left (`call_srcu` after register, `synchronize_srcu` in unregister).
+
+pub mod coalesced;
+pub mod ioeventfd;
+pub mod srcu;
+
+use crate::errno::Errno;
+use crate::invariants::{BUS, Invariant, LIFETIME, Lifetime};
+use crate::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use crate::sync::{Arc, Mutex, MutexGuard};
+use crate::trace::Recorder;
+use srcu::{Srcu, SrcuReadGuard};
+use std::fmt;
+
+/// `NR_IOBUS_DEVS`: the most non-ioeventfd entries one bus accepts.
+pub const NR_IOBUS_DEVS: i32 = 1000;
+
+/// `enum kvm_bus`, in the kernel's order (s390's CCW bus exists on every architecture; nothing
+/// reads it on x86).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BusKind {
+    /// `KVM_MMIO_BUS`.
+    Mmio,
+    /// `KVM_PIO_BUS`.
+    Pio,
+    /// `KVM_VIRTIO_CCW_NOTIFY_BUS`.
+    VirtioCcwNotify,
+    /// `KVM_FAST_MMIO_BUS`: only written with len 0, by VMX's EPT-misconfig fast path.
+    FastMmio,
+}
+
+impl BusKind {
+    /// Every bus, in `enum kvm_bus` order.
+    pub const ALL: [BusKind; 4] = [BusKind::Mmio, BusKind::Pio, BusKind::VirtioCcwNotify, BusKind::FastMmio];
+
+    /// Index in `kvm->buses[]`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Name as the script and traces write it: `mmio`, `pio`, `ccw`, `fast-mmio`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BusKind::Mmio => "mmio",
+            BusKind::Pio => "pio",
+            BusKind::VirtioCcwNotify => "ccw",
+            BusKind::FastMmio => "fast-mmio",
+        }
+    }
+
+    /// The bus with this [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<BusKind> {
+        BusKind::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl fmt::Display for BusKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What handled a guest access.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandledBy {
+    /// An ioeventfd signalled its eventfd (labelled by the fd number it was created with).
+    Ioeventfd {
+        /// The eventfd's label.
+        eventfd: i32,
+    },
+    /// A coalesced zone appended the write to the ring.
+    Coalesced,
+}
+
+impl fmt::Display for HandledBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandledBy::Ioeventfd { eventfd } => write!(f, "eventfd {eventfd}"),
+            HandledBy::Coalesced => f.write_str("coalesced"),
+        }
+    }
+}
+
+/// Who is dispatching an access (passed to device ops).
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchCtx<'a> {
+    /// The system's recorder.
+    pub rec: &'a Recorder,
+    /// The VM.
+    pub vm: usize,
+}
+
+/// `struct kvm_io_device` and its ops. A handler returns `Ok(())` when it handled the access;
+/// any error passes the access to the next matching device.
+pub trait KvmIoDevice: Send + Sync + fmt::Debug {
+    /// `ops->read`; the default is a device without a read op (`-EOPNOTSUPP`).
+    fn read(&self, _ctx: &DispatchCtx<'_>, _addr: u64, _data: &mut [u8]) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `ops->write`; `data.len()` is the access length (0 on FAST_MMIO, where the kernel passes
+    /// a NULL value).
+    fn write(&self, _ctx: &DispatchCtx<'_>, _addr: u64, _data: &[u8]) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `ops->destructor`: the device's own teardown (put its references). The bus ends the
+    /// device's [`Lifetime`] around it.
+    fn destructor(&self, rec: &Recorder);
+
+    /// The device's lifetime (ended when it is destroyed).
+    fn lifetime(&self) -> &Lifetime;
+
+    /// What the outcome of an access it handles reports.
+    fn handled_by(&self) -> HandledBy;
+
+    /// Whether the entry counts in `ioeventfd_count` (ghost knowledge for the `bus` check).
+    fn is_ioeventfd(&self) -> bool {
+        false
+    }
+}
+
+/// Runs a device's destructor (`kvm_iodevice_destructor`), ending its lifetime.
+fn destroy_device(dev: &Arc<dyn KvmIoDevice>, rec: &Recorder) {
+    dev.lifetime().end(rec, format_args!("{dev:?}"));
+    dev.destructor(rec);
+}
+
+/// Device identity, as the kernel compares `struct kvm_io_device *` pointers.
+pub fn same_device(a: &Arc<dyn KvmIoDevice>, b: &Arc<dyn KvmIoDevice>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// `struct kvm_io_range`: one entry of a bus.
+#[derive(Clone)]
+pub struct IoRange {
+    /// Start address or port.
+    pub addr: u64,
+    /// Length: a signed `int`, as in the kernel (a coalesced zone of 2 GiB or more is negative).
+    pub len: i32,
+    /// The device.
+    pub dev: Arc<dyn KvmIoDevice>,
+}
+
+impl fmt::Debug for IoRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{:#x} len {}] {:?}", self.addr, self.len, self.dev)
+    }
+}
+
+/// `kvm_io_bus_cmp(r1, r2)`: -1, 0 or 1 (0 means "r1 matches r2" when r1 is an access key).
+///
+/// `len` is sign-extended and the additions wrap, as `gpa_t += int` does.
+///
+/// ```
+/// use ioregionfd_model::bus::kvm_io_bus_cmp;
+/// assert_eq!(kvm_io_bus_cmp((0x104, 4), (0x100, 16)), 0); // inside
+/// assert_eq!(kvm_io_bus_cmp((0x10e, 4), (0x100, 16)), 1); // sticks out: not a match
+/// assert_eq!(kvm_io_bus_cmp((0x100, 8), (0x100, 0)), 0); // len-0 device: same start matches
+/// ```
+pub fn kvm_io_bus_cmp(r1: (u64, i32), r2: (u64, i32)) -> i32 {
+    let (mut a1, mut a2) = (r1.0, r2.0);
+    if a1 < a2 {
+        return -1;
+    }
+    if r2.1 != 0 {
+        a1 = a1.wrapping_add(r1.1 as i64 as u64);
+        a2 = a2.wrapping_add(r2.1 as i64 as u64);
+    }
+    if a1 > a2 { 1 } else { 0 }
+}
+
+/// Linux's `bsearch`: the index of *some* element that `cmp(key, element)` calls equal.
+///
+/// ```
+/// use ioregionfd_model::bus::linux_bsearch;
+/// let v = [1, 3, 5, 7];
+/// assert_eq!(linux_bsearch(v.len(), |i| 5.cmp(&v[i]) as i32), Some(2));
+/// assert_eq!(linux_bsearch(v.len(), |i| 4.cmp(&v[i]) as i32), None);
+/// ```
+pub fn linux_bsearch(num: usize, mut cmp_key_with: impl FnMut(usize) -> i32) -> Option<usize> {
+    let (mut base, mut num) = (0usize, num);
+    while num > 0 {
+        let pivot = base + (num >> 1);
+        let result = cmp_key_with(pivot);
+        if result == 0 {
+            return Some(pivot);
+        }
+        if result > 0 {
+            base = pivot + 1;
+            num -= 1;
+        }
+        num >>= 1;
+    }
+    None
+}
+
+/// One published array of a bus (`struct kvm_io_bus`): never changed after publication except
+/// `ioeventfd_count`, which `eventfd.c` adjusts under `slots_lock`.
+pub struct BusArray {
+    /// `dev_count`, as the header stores it.
+    dev_count: i32,
+    /// `ioeventfd_count`.
+    ioeventfd_count: AtomicI32,
+    /// `range[]`, sorted per [`kvm_io_bus_cmp`].
+    ranges: Vec<IoRange>,
+    /// Freed once no reader can see it.
+    life: Lifetime,
+}
+
+impl fmt::Debug for BusArray {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusArray")
+            .field("dev_count", &self.dev_count)
+            .field("ioeventfd_count", &self.ioeventfd_count())
+            .field("ranges", &self.ranges)
+            .finish()
+    }
+}
+
+impl BusArray {
+    fn new(ranges: Vec<IoRange>, ioeventfd_count: i32) -> Self {
+        BusArray {
+            dev_count: ranges.len() as i32,
+            ioeventfd_count: AtomicI32::new(ioeventfd_count),
+            ranges,
+            life: Lifetime::new(),
+        }
+    }
+
+    /// The entries, in bus order.
+    pub fn ranges(&self) -> &[IoRange] {
+        &self.ranges
+    }
+
+    /// `dev_count`.
+    pub fn dev_count(&self) -> i32 {
+        self.dev_count
+    }
+
+    /// `ioeventfd_count`.
+    pub fn ioeventfd_count(&self) -> i32 {
+        self.ioeventfd_count.load(Ordering::Relaxed)
+    }
+
+    /// Adds `delta` to `ioeventfd_count` (eventfd.c's `bus->ioeventfd_count++` / `--`).
+    pub fn add_ioeventfd_count<T>(&self, _slots: &SlotsGuard<'_, T>, delta: i32) {
+        self.ioeventfd_count.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn key_cmp(&self, key: (u64, i32), i: usize) -> i32 {
+        kvm_io_bus_cmp(key, (self.ranges[i].addr, self.ranges[i].len))
+    }
+
+    /// `kvm_io_bus_get_first_dev`: bsearch, then walk back while the previous entry also matches.
+    pub fn get_first_dev(&self, addr: u64, len: i32) -> Option<usize> {
+        let key = (addr, len);
+        let mut off = linux_bsearch(self.dev_count as usize, |i| self.key_cmp(key, i))?;
+        while off > 0 && self.key_cmp(key, off - 1) == 0 {
+            off -= 1;
+        }
+        Some(off)
+    }
+
+    /// The insertion index of `kvm_io_bus_register_dev`: the first entry that compares greater
+    /// than the new one, else the end.
+    fn insertion_index(&self, addr: u64, len: i32) -> usize {
+        (0..self.ranges.len())
+            .find(|&i| kvm_io_bus_cmp((self.ranges[i].addr, self.ranges[i].len), (addr, len)) > 0)
+            .unwrap_or(self.ranges.len())
+    }
+}
+
+/// `kvm->slots_lock` with what it protects (the VM's device lists).
+#[derive(Debug)]
+pub struct SlotsLock<T>(Mutex<T>);
+
+/// Proof that `kvm->slots_lock` is held (`lockdep_assert_held`), and access to what it protects.
+#[derive(Debug)]
+pub struct SlotsGuard<'a, T>(MutexGuard<'a, T>);
+
+impl<T> SlotsLock<T> {
+    /// A new unlocked `slots_lock` protecting `value`.
+    pub fn new(value: T) -> Self {
+        SlotsLock(Mutex::new(value))
+    }
+
+    /// `mutex_lock(&kvm->slots_lock)`.
+    #[track_caller]
+    pub fn lock(&self) -> SlotsGuard<'_, T> {
+        SlotsGuard(self.0.lock())
+    }
+}
+
+impl<T> std::ops::Deref for SlotsGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for SlotsGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+/// How the bus reclaims what it replaced; the defect variant exists to show that the `lifetime`
+/// check (and loom) catch a destroy that does not wait for readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Reclaim {
+    /// The kernel: `call_srcu` after register, `synchronize_srcu` before destroying in unregister.
+    #[default]
+    AfterReaders,
+    /// Defect: unregister destroys the device and frees the old array without waiting for readers.
+    Immediately,
+}
+
+/// One bus slot of a VM (`kvm->buses[idx]`): the published array pointer, NULL once the bus is
+/// gone, plus the injectable allocation fault.
+pub struct IoBus {
+    kind: BusKind,
+    vm: usize,
+    current: Mutex<Option<Arc<BusArray>>>,
+    fail_next_alloc: AtomicBool,
+    reclaim: Reclaim,
+    limit: Option<i32>,
+}
+
+impl fmt::Debug for IoBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IoBus({} of vm{})", self.kind, self.vm)
+    }
+}
+
+impl IoBus {
+    /// An empty bus (`kvm_create_vm` allocates a zeroed one per slot). `limit` is the
+    /// NR_IOBUS_DEVS check (`None`: not enforced, as rfc-v3 does under kmemcg).
+    pub fn new(kind: BusKind, vm: usize, limit: Option<i32>, reclaim: Reclaim) -> Self {
+        IoBus {
+            kind,
+            vm,
+            current: Mutex::new(Some(Arc::new(BusArray::new(Vec::new(), 0)))),
+            fail_next_alloc: AtomicBool::new(false),
+            reclaim,
+            limit,
+        }
+    }
+
+    /// Which bus this is.
+    pub fn kind(&self) -> BusKind {
+        self.kind
+    }
+
+    /// Makes the next array allocation on this bus fail (the injectable `kmalloc` fault).
+    pub fn fail_next_alloc(&self) {
+        self.fail_next_alloc.store(true, Ordering::Relaxed);
+    }
+
+    /// `kmalloc` of a new array: fails once after [`fail_next_alloc`](Self::fail_next_alloc).
+    fn alloc(&self) -> bool {
+        !self.fail_next_alloc.swap(false, Ordering::Relaxed)
+    }
+
+    /// `kvm_get_bus`: the current array, update side (`slots_lock` held).
+    #[track_caller]
+    pub fn get<T>(&self, _slots: &SlotsGuard<'_, T>) -> Option<Arc<BusArray>> {
+        self.current.lock().clone()
+    }
+
+    /// `kvm_get_bus_srcu` / `srcu_dereference`: the current array, read side.
+    #[track_caller]
+    pub fn get_srcu(&self, _reader: &SrcuReadGuard<'_>) -> Option<Arc<BusArray>> {
+        self.current.lock().clone()
+    }
+
+    /// The current array for reports and structural checks (no lock rule: quiescent use only).
+    pub fn snapshot(&self) -> Option<Arc<BusArray>> {
+        self.current.lock().clone()
+    }
+
+    /// `rcu_assign_pointer(kvm->buses[idx], new)`.
+    #[track_caller]
+    fn publish(&self, rec: &Recorder, new: Option<Arc<BusArray>>) {
+        match &new {
+            Some(a) => rec.event(Some(self.vm), format_args!("publish {} bus ({} entries)", self.kind, a.dev_count)),
+            None => rec.event(Some(self.vm), format_args!("publish NULL {} bus", self.kind)),
+        }
+        *self.current.lock() = new;
+    }
+
+    /// Frees an array no reader can see any more.
+    fn free_array(rec: &Recorder, vm: usize, kind: BusKind, old: &BusArray) {
+        rec.event(Some(vm), format_args!("free old {kind} bus array ({} entries)", old.dev_count));
+        old.life.end(rec, format_args!("{kind} bus array of vm{vm}"));
+    }
+
+    /// `kvm_io_bus_register_dev`: ENOMEM (NULL bus), ENOSPC (NR_IOBUS_DEVS), ENOMEM (allocation),
+    /// else inserts at the first entry comparing greater, publishes, and frees the old array after
+    /// the readers (`call_srcu`, as v6.18 does). No overlap or duplicate check at this level.
+    #[track_caller]
+    pub fn register_dev<T>(
+        &self,
+        slots: &SlotsGuard<'_, T>,
+        srcu: &Srcu,
+        rec: &Recorder,
+        addr: u64,
+        len: i32,
+        dev: Arc<dyn KvmIoDevice>,
+    ) -> Result<(), Errno> {
+        let Some(bus) = self.get(slots) else { return Err(Errno::ENOMEM) };
+        if let Some(limit) = self.limit
+            && bus.dev_count - bus.ioeventfd_count() > limit - 1
+        {
+            return Err(Errno::ENOSPC);
+        }
+        if !self.alloc() {
+            return Err(Errno::ENOMEM);
+        }
+        let i = bus.insertion_index(addr, len);
+        let mut ranges = Vec::with_capacity(bus.ranges.len() + 1);
+        ranges.extend_from_slice(&bus.ranges[..i]);
+        ranges.push(IoRange { addr, len, dev });
+        ranges.extend_from_slice(&bus.ranges[i..]);
+        self.publish(rec, Some(Arc::new(BusArray::new(ranges, bus.ioeventfd_count()))));
+        let (rec2, vm, kind) = (rec.clone(), self.vm, self.kind);
+        srcu.call_srcu(Box::new(move || Self::free_array(&rec2, vm, kind, &bus)));
+        Ok(())
+    }
+
+    /// `kvm_io_bus_unregister_dev` (v6.5+): removes the first entry whose device is `dev`.
+    ///
+    /// NULL bus or device not found: `Ok` (a no-op). Allocation failure: publishes a NULL bus,
+    /// waits for readers, destroys **every** device of the bus (the target too) and returns
+    /// ENOMEM; callers must then stop walking their lists. Success: publishes, waits for readers,
+    /// destroys the target, frees the old array.
+    #[track_caller]
+    pub fn unregister_dev<T>(
+        &self,
+        slots: &SlotsGuard<'_, T>,
+        srcu: &Srcu,
+        rec: &Recorder,
+        dev: &Arc<dyn KvmIoDevice>,
+    ) -> Result<(), Errno> {
+        let Some(bus) = self.get(slots) else { return Ok(()) };
+        let Some(i) = bus.ranges.iter().position(|r| same_device(&r.dev, dev)) else { return Ok(()) };
+        if !self.alloc() {
+            self.publish(rec, None);
+            rec.event(Some(self.vm), format_args!("kvm: failed to shrink {} bus, removing it completely", self.kind));
+            self.wait_for_readers(srcu);
+            self.destroy_array(rec, &bus);
+            return Err(Errno::ENOMEM);
+        }
+        let mut ranges = bus.ranges.clone();
+        ranges.remove(i);
+        self.publish(rec, Some(Arc::new(BusArray::new(ranges, bus.ioeventfd_count()))));
+        self.wait_for_readers(srcu);
+        destroy_device(dev, rec);
+        Self::free_array(rec, self.vm, self.kind, &bus);
+        Ok(())
+    }
+
+    fn wait_for_readers(&self, srcu: &Srcu) {
+        match self.reclaim {
+            Reclaim::AfterReaders => srcu.synchronize(),
+            Reclaim::Immediately => {}
+        }
+    }
+
+    /// `kvm_io_bus_destroy`: destroys every device of `bus`, then frees it.
+    fn destroy_array(&self, rec: &Recorder, bus: &BusArray) {
+        for r in &bus.ranges {
+            destroy_device(&r.dev, rec);
+        }
+        Self::free_array(rec, self.vm, self.kind, bus);
+    }
+
+    /// VM destruction (`kvm_destroy_vm`): no reader is left; destroys every device and leaves the
+    /// bus NULL.
+    pub fn destroy<T>(&self, slots: &SlotsGuard<'_, T>, rec: &Recorder) {
+        if let Some(bus) = self.get(slots) {
+            self.publish(rec, None);
+            self.destroy_array(rec, &bus);
+        }
+    }
+
+    /// `__kvm_io_bus_write` / `__kvm_io_bus_read`: offers the access to each matching entry from
+    /// the first one; the first device that returns `Ok` handles it.
+    fn dispatch(
+        &self,
+        bus: &BusArray,
+        ctx: &DispatchCtx<'_>,
+        addr: u64,
+        len: i32,
+        mut op: impl FnMut(&Arc<dyn KvmIoDevice>) -> Result<(), Errno>,
+    ) -> Result<HandledBy, Errno> {
+        let what = format_args!("{} bus array of vm{}", self.kind, self.vm).to_string();
+        let Some(mut idx) = bus.get_first_dev(addr, len) else { return Err(Errno::EOPNOTSUPP) };
+        while bus.life.check_use(ctx.rec, &what) && idx < bus.dev_count as usize && bus.key_cmp((addr, len), idx) == 0 {
+            let dev = &bus.ranges[idx].dev;
+            if dev.lifetime().check_use(ctx.rec, format_args!("{dev:?}")) && op(dev).is_ok() {
+                return Ok(dev.handled_by());
+            }
+            idx += 1;
+        }
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `kvm_io_bus_write`: `Ok` with the handler, `EOPNOTSUPP` when nobody took it, `ENOMEM` when
+    /// the bus is NULL. `data.len()` is the access length.
+    #[track_caller]
+    pub fn write(
+        &self,
+        reader: &SrcuReadGuard<'_>,
+        ctx: &DispatchCtx<'_>,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<HandledBy, Errno> {
+        let bus = self.get_srcu(reader).ok_or(Errno::ENOMEM)?;
+        self.dispatch(&bus, ctx, addr, data.len() as i32, |dev| dev.write(ctx, addr, data))
+    }
+
+    /// `kvm_io_bus_read`: as [`write`](Self::write), filling `data`.
+    #[track_caller]
+    pub fn read(
+        &self,
+        reader: &SrcuReadGuard<'_>,
+        ctx: &DispatchCtx<'_>,
+        addr: u64,
+        data: &mut [u8],
+    ) -> Result<HandledBy, Errno> {
+        let bus = self.get_srcu(reader).ok_or(Errno::ENOMEM)?;
+        let len = data.len() as i32;
+        self.dispatch(&bus, ctx, addr, len, |dev| dev.read(ctx, addr, data))
+    }
+}
+
+/// The `bus` check of one published array as any reader may see it: sorted per
+/// [`kvm_io_bus_cmp`] (each entry compares `<= 0` with the next) and `dev_count` equal to the
+/// number of entries; and (`lifetime`) the array and every device it points to live. Returns each
+/// broken invariant with what is wrong.
+pub fn check_bus_array(kind: BusKind, bus: &BusArray) -> Vec<(&'static Invariant, String)> {
+    let mut wrong = Vec::new();
+    for (i, pair) in bus.ranges.windows(2).enumerate() {
+        if kvm_io_bus_cmp((pair[0].addr, pair[0].len), (pair[1].addr, pair[1].len)) > 0 {
+            wrong.push((
+                &BUS,
+                format!("{kind} bus entries {i} {:?} and {} {:?} are out of order", pair[0], i + 1, pair[1]),
+            ));
+        }
+    }
+    if bus.dev_count as usize != bus.ranges.len() {
+        wrong.push((&BUS, format!("{kind} bus dev_count {} but {} entries", bus.dev_count, bus.ranges.len())));
+    }
+    if !bus.life.is_live() {
+        wrong.push((&LIFETIME, format!("{kind} bus array is published but freed")));
+    }
+    for r in bus.ranges.iter().filter(|r| !r.dev.lifetime().is_live()) {
+        wrong.push((&LIFETIME, format!("{kind} bus entry {r:?} points to a destroyed device")));
+    }
+    wrong
+}
+
+/// The `bus` check of `ioeventfd_count`, meaningful only where no writer is in the middle of an
+/// update under `slots_lock` (eventfd.c adjusts the count after publishing): the count equals the
+/// number of ioeventfd entries.
+pub fn check_ioeventfd_count(kind: BusKind, bus: &BusArray) -> Option<(&'static Invariant, String)> {
+    let ioeventfds = bus.ranges.iter().filter(|r| r.dev.is_ioeventfd()).count();
+    (bus.ioeventfd_count() as usize != ioeventfds).then(|| {
+        (&BUS, format!("{kind} bus ioeventfd_count {} but {ioeventfds} ioeventfd entries", bus.ioeventfd_count()))
+    })
+}
+
+/// What `kvm->slots_lock` protects for the bus layer: the VM's ioeventfd and coalesced-zone lists
+/// (`kvm->ioeventfds`, `kvm->coalesced_zones`), plus the next layer's lists in `ext`.
+#[derive(Debug, Default)]
+pub struct Locked<X> {
+    /// `kvm->ioeventfds`, in registration order.
+    pub ioeventfds: Vec<Arc<ioeventfd::Ioeventfd>>,
+    /// `kvm->coalesced_zones`, in registration order.
+    pub coalesced_zones: Vec<Arc<coalesced::CoalescedMmioDev>>,
+    /// What the next layer (the ioregion table) keeps under the same lock.
+    pub ext: X,
+}
+
+impl<X> Locked<X> {
+    /// The `list_del` that the destructors do: drops entries whose device was destroyed.
+    pub fn prune_destroyed(&mut self) {
+        self.ioeventfds.retain(|p| p.lifetime().is_live());
+        self.coalesced_zones.retain(|z| z.lifetime().is_live());
+    }
+}
+
+/// Settings of a VM's I/O buses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusConfig {
+    /// The NR_IOBUS_DEVS check: `Some(1000)` in mainline, `None` when not enforced.
+    pub nr_iobus_devs: Option<i32>,
+    /// How replaced arrays and unregistered devices are reclaimed.
+    pub reclaim: Reclaim,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig { nr_iobus_devs: Some(NR_IOBUS_DEVS), reclaim: Reclaim::AfterReaders }
+    }
+}
+
+/// The I/O half of `struct kvm`: the buses, `kvm->srcu`, `kvm->slots_lock` with the device lists,
+/// and the coalesced ring.
+pub struct KvmIo<X = ()> {
+    /// The VM's number (for traces).
+    pub vm: usize,
+    /// The system's recorder.
+    pub rec: Recorder,
+    /// `kvm->srcu`.
+    pub srcu: Srcu,
+    /// `kvm->slots_lock` and the lists it protects.
+    pub slots: SlotsLock<Locked<X>>,
+    /// `kvm->coalesced_mmio.ring`.
+    pub ring: Arc<coalesced::CoalescedRing>,
+    buses: [IoBus; 4],
+}
+
+impl<X> fmt::Debug for KvmIo<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KvmIo(vm{})", self.vm)
+    }
+}
+
+impl<X: Default> KvmIo<X> {
+    /// The buses of a new VM: each an empty array.
+    ///
+    /// ```
+    /// use ioregionfd_model::bus::{BusConfig, BusKind, KvmIo};
+    /// use ioregionfd_model::trace::Recorder;
+    /// let io: KvmIo = KvmIo::new(0, Recorder::new(), BusConfig::default());
+    /// assert_eq!(io.bus(BusKind::Mmio).snapshot().unwrap().dev_count(), 0);
+    /// ```
+    pub fn new(vm: usize, rec: Recorder, config: BusConfig) -> Self {
+        let bus = |kind| IoBus::new(kind, vm, config.nr_iobus_devs, config.reclaim);
+        KvmIo {
+            vm,
+            rec,
+            srcu: Srcu::new(),
+            slots: SlotsLock::new(Locked::default()),
+            ring: Arc::new(coalesced::CoalescedRing::new()),
+            buses: BusKind::ALL.map(bus),
+        }
+    }
+}
+
+impl<X> KvmIo<X> {
+    /// `kvm->buses[kind]`.
+    pub fn bus(&self, kind: BusKind) -> &IoBus {
+        &self.buses[kind.index()]
+    }
+
+    /// VM destruction: every bus destroyed (devices destructed, slots NULL), lists emptied, then
+    /// `srcu_barrier` so every deferred free has run.
+    pub fn destroy(&self) {
+        let mut slots = self.slots.lock();
+        for bus in &self.buses {
+            bus.destroy(&slots, &self.rec);
+        }
+        slots.prune_destroyed();
+        drop(slots);
+        self.srcu.barrier();
+    }
+
+    /// The structural checks (`bus`, `lifetime`) over every bus at a quiescent point (no writer
+    /// inside `slots_lock`); a NULL bus has nothing to check.
+    pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
+        let mut wrong = Vec::new();
+        for bus in &self.buses {
+            if let Some(array) = bus.snapshot() {
+                let found =
+                    check_bus_array(bus.kind, &array).into_iter().chain(check_ioeventfd_count(bus.kind, &array));
+                wrong.extend(found.map(|(i, t)| (i, format!("vm{}: {t}", self.vm))));
+            }
+        }
+        wrong
+    }
+}

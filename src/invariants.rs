@@ -1,0 +1,159 @@
+//! The invariant catalogue: each invariant has a stable id, a one-line statement and a check.
+//!
+//! Checks come in two kinds. *Event checks* fire where the modelled kernel does the forbidden
+//! thing (a use after free is seen at the use, by [`Lifetime::check_use`]). *Structural checks*
+//! look at a quiescent state (after every script operation, at the end of a scenario):
+//! [`check_bus_array`].
+//!
+//! ```
+//! use ioregionfd_model::invariants::{CATALOGUE, by_id};
+//! assert!(CATALOGUE.iter().any(|i| i.id == "bus"));
+//! assert_eq!(by_id("lifetime").unwrap().id, "lifetime");
+//! ```
+
+use crate::sync::atomic::{AtomicU8, Ordering};
+use crate::trace::Recorder;
+use std::fmt;
+
+/// One invariant of the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Invariant {
+    /// Stable id, used in reports, expected-verdict tables and `violation ID:` lines.
+    pub id: &'static str,
+    /// One-line statement.
+    pub statement: &'static str,
+}
+
+/// `bus`: every published bus array is sorted per `kvm_io_bus_cmp` (each entry compares `<= 0`
+/// with the next), its `dev_count` is its number of entries and its `ioeventfd_count` is its
+/// number of ioeventfd entries; a bus that once became NULL stays NULL.
+pub const BUS: Invariant = Invariant {
+    id: "bus",
+    statement: "every bus array is sorted per kvm_io_bus_cmp and its dev_count and ioeventfd_count match its entries",
+};
+
+/// `lifetime`: nothing is used after it was destroyed or freed (devices, bus arrays, and later
+/// regions, files and contexts); nothing is destroyed twice; no reference count rises from 0 or
+/// falls below 0; no NULL dereference.
+pub const LIFETIME: Invariant = Invariant {
+    id: "lifetime",
+    statement: "no use of a device, bus array, region, file or context after release; refcounts never rise from 0 or fall below 0; no NULL dereference",
+};
+
+/// Every invariant, in report order.
+pub const CATALOGUE: &[Invariant] = &[BUS, LIFETIME];
+
+/// The invariant with this id.
+pub fn by_id(id: &str) -> Option<&'static Invariant> {
+    CATALOGUE.iter().find(|i| i.id == id)
+}
+
+const LIVE: u8 = 0;
+const DEAD: u8 = 1;
+
+/// The lifetime of one modelled kernel object (a device, a bus array, ...): live until it is
+/// destroyed or freed, dead afterwards.
+///
+/// The state is a facade atomic, so under loom checking it is a scheduling point: the checker
+/// explores a writer freeing the object between a reader's dereference and its use.
+///
+/// ```
+/// use ioregionfd_model::invariants::Lifetime;
+/// use ioregionfd_model::trace::Recorder;
+/// let rec = Recorder::new();
+/// let life = Lifetime::new();
+/// assert!(life.check_use(&rec, "bus array"));
+/// life.end(&rec, "bus array");
+/// assert!(!life.check_use(&rec, "bus array"));
+/// assert_eq!(rec.violations()[0].invariant, "lifetime");
+/// ```
+#[derive(Debug)]
+pub struct Lifetime(AtomicU8);
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifetime {
+    /// A live object.
+    pub fn new() -> Self {
+        Lifetime(AtomicU8::new(LIVE))
+    }
+
+    /// Whether the object is still live.
+    #[track_caller]
+    pub fn is_live(&self) -> bool {
+        self.0.load(Ordering::Acquire) == LIVE
+    }
+
+    /// Ends the lifetime (destroy, free). Ending it twice is a `lifetime` violation.
+    #[track_caller]
+    pub fn end(&self, rec: &Recorder, what: impl fmt::Display) {
+        if self.0.swap(DEAD, Ordering::AcqRel) == DEAD {
+            rec.violation(&LIFETIME, format_args!("{what} destroyed or freed twice"));
+        }
+    }
+
+    /// Checks a use of the object; a use after the end is a `lifetime` violation and returns false.
+    #[track_caller]
+    pub fn check_use(&self, rec: &Recorder, what: impl fmt::Display) -> bool {
+        let live = self.is_live();
+        if !live {
+            rec.violation(&LIFETIME, format_args!("use of {what} after it was destroyed or freed"));
+        }
+        live
+    }
+}
+
+pub use crate::bus::check_bus_array;
+
+/// A kernel reference count (`struct kref`, a file's `f_count`) whose misuse is a `lifetime`
+/// violation: a get when the count is 0, or a put below 0.
+///
+/// ```
+/// use ioregionfd_model::invariants::Kref;
+/// use ioregionfd_model::trace::Recorder;
+/// let rec = Recorder::new();
+/// let r = Kref::new(1);
+/// r.get(&rec, "ctx");
+/// assert!(!r.put(&rec, "ctx"));
+/// assert!(r.put(&rec, "ctx")); // dropped to zero: release
+/// assert!(rec.violations().is_empty());
+/// r.get(&rec, "ctx"); // from 0: a violation
+/// assert_eq!(rec.violations()[0].invariant, "lifetime");
+/// ```
+#[derive(Debug)]
+pub struct Kref(crate::sync::atomic::AtomicI64);
+
+impl Kref {
+    /// A count starting at `initial` (`kref_init` is 1; rfc-v3's contexts start at 0).
+    pub fn new(initial: i64) -> Self {
+        Kref(crate::sync::atomic::AtomicI64::new(initial))
+    }
+
+    /// Current value.
+    pub fn get_count(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Takes a reference; from 0 it is a `lifetime` violation (the object may be freed).
+    #[track_caller]
+    pub fn get(&self, rec: &Recorder, what: impl fmt::Display) {
+        if self.0.fetch_add(1, Ordering::AcqRel) <= 0 {
+            rec.violation(&LIFETIME, format_args!("reference taken on {what} whose count is 0"));
+        }
+    }
+
+    /// Drops a reference; returns true when the count reached 0 (the caller releases the object).
+    /// Below 0 is a `lifetime` violation.
+    #[track_caller]
+    pub fn put(&self, rec: &Recorder, what: impl fmt::Display) -> bool {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        if before <= 0 {
+            rec.violation(&LIFETIME, format_args!("reference put on {what} whose count is already {before}"));
+        }
+        before == 1
+    }
+}

@@ -1,0 +1,139 @@
+//! The modelled system: one VMM process (its fd table) and the VMs it created.
+//!
+//! ```
+//! use ioregionfd_model::kvm::Kvm;
+//! use ioregionfd_model::vm::VmConfig;
+//! use ioregionfd_model::uapi::KvmIoeventfd;
+//! use ioregionfd_model::errno::Errno;
+//! let kvm = Kvm::new();
+//! let vm = kvm.create_vm(VmConfig::default());
+//! let bad = KvmIoeventfd { addr: 0x10, len: 3, fd: kvm.eventfd(), ..Default::default() };
+//! assert_eq!(kvm.ioeventfd(vm, &bad), Err(Errno::EINVAL));
+//! ```
+
+use crate::bus::ioeventfd::EventfdCtx;
+use crate::errno::Errno;
+use crate::fd::{FdTable, File};
+use crate::invariants::Invariant;
+use crate::sync::{Arc, Mutex};
+use crate::trace::Recorder;
+use crate::uapi::{KvmCoalescedMmioZone, KvmIoeventfd};
+use crate::vm::{Vm, VmConfig};
+
+/// The modelled host: the VMM process's files and its VMs.
+#[derive(Debug)]
+pub struct Kvm {
+    rec: Recorder,
+    files: Mutex<FdTable>,
+    vms: Mutex<Vec<Arc<Vm>>>,
+}
+
+impl Default for Kvm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Kvm {
+    /// A system with no VM and no open file, recording every event.
+    pub fn new() -> Self {
+        Self::with_recorder(Recorder::new())
+    }
+
+    /// A system recording into `rec`.
+    pub fn with_recorder(rec: Recorder) -> Self {
+        Kvm { rec, files: Mutex::new(FdTable::new()), vms: Mutex::new(Vec::new()) }
+    }
+
+    /// The system's recorder (trace and violations).
+    pub fn recorder(&self) -> &Recorder {
+        &self.rec
+    }
+
+    /// `KVM_CREATE_VM`: returns the VM's number (counting from 0).
+    pub fn create_vm(&self, config: VmConfig) -> usize {
+        let mut vms = self.vms.lock();
+        let id = vms.len();
+        vms.push(Arc::new(Vm::new(id, self.rec.clone(), config)));
+        self.rec.event(Some(id), "created");
+        id
+    }
+
+    /// The VM numbered `id`.
+    pub fn vm(&self, id: usize) -> Option<Arc<Vm>> {
+        self.vms.lock().get(id).cloned()
+    }
+
+    /// Every VM, in creation order.
+    pub fn vms(&self) -> Vec<Arc<Vm>> {
+        self.vms.lock().clone()
+    }
+
+    /// `eventfd(0, 0)`: returns the new fd.
+    pub fn eventfd(&self) -> i32 {
+        let mut files = self.files.lock();
+        let fd = (crate::fd::FIRST_FD..).find(|n| files.get(*n).is_err()).expect("free fd");
+        let installed = files.install(File::Eventfd(Arc::new(EventfdCtx::new(fd))));
+        debug_assert_eq!(fd, installed);
+        installed
+    }
+
+    /// Opens a file that is not an eventfd (for `EINVAL` cases).
+    pub fn open_other(&self, name: &str) -> i32 {
+        self.files.lock().install(File::Other { name: name.to_string() })
+    }
+
+    /// `close(2)`.
+    pub fn close(&self, fd: i32) -> Result<(), Errno> {
+        let file = self.files.lock().close(fd)?;
+        if let File::Eventfd(ctx) = &*file {
+            ctx.put(&self.rec);
+        }
+        self.rec.event(None, format_args!("close fd {fd}"));
+        Ok(())
+    }
+
+    /// `eventfd_ctx_fdget`: the eventfd behind `fd` with a new reference.
+    fn eventfd_ctx_fdget(&self, fd: i32) -> Result<Arc<EventfdCtx>, Errno> {
+        match &*self.files.lock().get(fd)? {
+            File::Eventfd(ctx) => {
+                ctx.get(&self.rec);
+                Ok(ctx.clone())
+            }
+            File::Other { .. } => Err(Errno::EINVAL),
+        }
+    }
+
+    /// The counter of the eventfd `fd` (without resetting it).
+    pub fn eventfd_count(&self, fd: i32) -> Result<u64, Errno> {
+        match &*self.files.lock().get(fd)? {
+            File::Eventfd(ctx) => Ok(ctx.count()),
+            File::Other { .. } => Err(Errno::EINVAL),
+        }
+    }
+
+    fn vm_or_ebadf(&self, vm: usize) -> Result<Arc<Vm>, Errno> {
+        self.vm(vm).ok_or(Errno::EBADF)
+    }
+
+    /// `KVM_IOEVENTFD` on VM `vm` (`EBADF` for an unknown VM).
+    pub fn ioeventfd(&self, vm: usize, args: &KvmIoeventfd) -> Result<(), Errno> {
+        let vm = self.vm_or_ebadf(vm)?;
+        vm.io.ioeventfd(args, &|fd| self.eventfd_ctx_fdget(fd))
+    }
+
+    /// `KVM_REGISTER_COALESCED_MMIO` on VM `vm`.
+    pub fn register_coalesced_mmio(&self, vm: usize, zone: &KvmCoalescedMmioZone) -> Result<(), Errno> {
+        self.vm_or_ebadf(vm)?.register_coalesced_mmio(zone)
+    }
+
+    /// `KVM_UNREGISTER_COALESCED_MMIO` on VM `vm`.
+    pub fn unregister_coalesced_mmio(&self, vm: usize, zone: &KvmCoalescedMmioZone) -> Result<(), Errno> {
+        self.vm_or_ebadf(vm)?.unregister_coalesced_mmio(zone)
+    }
+
+    /// The structural invariants of every VM.
+    pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
+        self.vms().iter().flat_map(|vm| vm.check_structure()).collect()
+    }
+}

@@ -1,0 +1,556 @@
+//! The script interface: one operation per line, exactly one result line per operation.
+//!
+//! This is what reviewers type and what the differential tests generate. Blank lines and `#`
+//! comments print nothing. Numbers are decimal or `0x` hex on input; printed values are lowercase
+//! `0x` hex. After every operation the structural invariants are checked and each violation is
+//! printed as `violation ID: TEXT` after the result line.
+//!
+//! ```text
+//! vm [backend=emulated|vmx-ept] [nr_iobus_devs=N|none]                  -> vm ID   (from 0)
+//! eventfd                                                               -> eventfd FD
+//! close FD                                                              -> ok | err EBADF
+//! ioeventfd VM BUS ADDR LEN EVENTFD [datamatch=N] [deassign] [flags=N]  -> ok | err ERRNO
+//! coalesced VM BUS ADDR SIZE [pio=N] [unregister]                       -> ok | err ERRNO
+//! write VM BUS ADDR LEN VALUE   -> eventfd FD | coalesced | exit mmio|pio ADDR LEN VALUE
+//! read VM BUS ADDR LEN          -> eventfd FD | exit mmio|pio ADDR LEN
+//! fail-next-alloc VM BUS                                                -> ok
+//! ```
+//!
+//! BUS is `mmio` or `pio` (`fail-next-alloc` also takes `ccw` and `fast-mmio`). File descriptor
+//! numbers are given out as a fresh process does: the lowest free number, starting at 3.
+//! `flags=N` ORs raw bits into the flags word that BUS, `datamatch=` and `deassign` build (so
+//! unknown bits can be tried); `pio=N` sets the raw `pio` field (default: 1 for BUS `pio`, else 0).
+//! An operation on a VM that does not exist prints `err EBADF`.
+//!
+//! ```
+//! use ioregionfd_model::script::run_script;
+//! let mut out = Vec::new();
+//! let mut err = Vec::new();
+//! let text = "vm\neventfd\nioeventfd 0 mmio 0x1000 4 3\nwrite 0 mmio 0x1000 4 7\nread 0 mmio 0x1000 4\n";
+//! let code = run_script(text.as_bytes(), &mut out, &mut err, Default::default());
+//! assert_eq!(code, 0);
+//! assert_eq!(String::from_utf8(out).unwrap(), "vm 0\neventfd 3\nok\neventfd 3\nexit mmio 0x1000 4\n");
+//! ```
+
+use crate::bus::BusKind;
+use crate::design::Design;
+use crate::errno::Errno;
+use crate::kvm::Kvm;
+use crate::uapi::*;
+use crate::vm::{Backend, VmConfig};
+use std::fmt;
+use std::io::{BufRead, Write};
+
+/// One parsed script operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `vm [backend=B] [nr_iobus_devs=N|none]`.
+    Vm {
+        /// Backend (default: emulated).
+        backend: Backend,
+        /// NR_IOBUS_DEVS check (default `Some(1000)`; `None` = not enforced).
+        nr_iobus_devs: Option<i32>,
+    },
+    /// `eventfd`.
+    Eventfd,
+    /// `close FD`.
+    Close {
+        /// The fd.
+        fd: i32,
+    },
+    /// `ioeventfd VM BUS ADDR LEN EVENTFD [datamatch=N] [deassign] [flags=N]`.
+    Ioeventfd {
+        /// VM number.
+        vm: usize,
+        /// `mmio` or `pio`.
+        bus: BusKind,
+        /// Address or port.
+        addr: u64,
+        /// Length (any value, so invalid ones can be tried).
+        len: u32,
+        /// The eventfd (any number, so bad fds can be tried).
+        fd: i32,
+        /// `datamatch=N`: sets DATAMATCH and the value.
+        datamatch: Option<u64>,
+        /// `deassign`: sets DEASSIGN.
+        deassign: bool,
+        /// `flags=N`: raw bits ORed in.
+        extra_flags: u32,
+    },
+    /// `coalesced VM BUS ADDR SIZE [pio=N] [unregister]`.
+    Coalesced {
+        /// VM number.
+        vm: usize,
+        /// `mmio` or `pio`.
+        bus: BusKind,
+        /// Start.
+        addr: u64,
+        /// Size.
+        size: u32,
+        /// Raw `pio` field, if given.
+        pio: Option<u32>,
+        /// Unregister instead of register.
+        unregister: bool,
+    },
+    /// `write VM BUS ADDR LEN VALUE`.
+    Write {
+        /// VM number.
+        vm: usize,
+        /// `mmio` or `pio`.
+        bus: BusKind,
+        /// Address or port.
+        addr: u64,
+        /// 1, 2, 4 or 8 (PIO: 1, 2, 4).
+        len: usize,
+        /// Value (fits in `len` bytes).
+        value: u64,
+    },
+    /// `read VM BUS ADDR LEN`.
+    Read {
+        /// VM number.
+        vm: usize,
+        /// `mmio` or `pio`.
+        bus: BusKind,
+        /// Address or port.
+        addr: u64,
+        /// 1, 2, 4 or 8 (PIO: 1, 2, 4).
+        len: usize,
+    },
+    /// `fail-next-alloc VM BUS`.
+    FailNextAlloc {
+        /// VM number.
+        vm: usize,
+        /// Any bus.
+        bus: BusKind,
+    },
+}
+
+impl Op {
+    /// The `struct kvm_ioeventfd` an `ioeventfd` line passes to the ioctl.
+    pub fn ioeventfd_args(
+        bus: BusKind,
+        addr: u64,
+        len: u32,
+        fd: i32,
+        datamatch: Option<u64>,
+        deassign: bool,
+        extra: u32,
+    ) -> KvmIoeventfd {
+        let mut flags = extra;
+        if bus == BusKind::Pio {
+            flags |= KVM_IOEVENTFD_FLAG_PIO;
+        }
+        if datamatch.is_some() {
+            flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
+        }
+        if deassign {
+            flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+        }
+        KvmIoeventfd { datamatch: datamatch.unwrap_or(0), addr, len, fd, flags, pad: [0; 36] }
+    }
+}
+
+impl fmt::Display for Op {
+    /// The line that parses back to this operation.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Op::Vm { backend, nr_iobus_devs } => {
+                f.write_str("vm")?;
+                if backend != Backend::default() {
+                    write!(f, " backend={}", backend.name())?;
+                }
+                match nr_iobus_devs {
+                    Some(crate::bus::NR_IOBUS_DEVS) => Ok(()),
+                    Some(n) => write!(f, " nr_iobus_devs={n}"),
+                    None => f.write_str(" nr_iobus_devs=none"),
+                }
+            }
+            Op::Eventfd => f.write_str("eventfd"),
+            Op::Close { fd } => write!(f, "close {fd}"),
+            Op::Ioeventfd { vm, bus, addr, len, fd, datamatch, deassign, extra_flags } => {
+                write!(f, "ioeventfd {vm} {bus} {addr:#x} {len} {fd}")?;
+                if let Some(d) = datamatch {
+                    write!(f, " datamatch={d:#x}")?;
+                }
+                if deassign {
+                    f.write_str(" deassign")?;
+                }
+                if extra_flags != 0 {
+                    write!(f, " flags={extra_flags:#x}")?;
+                }
+                Ok(())
+            }
+            Op::Coalesced { vm, bus, addr, size, pio, unregister } => {
+                write!(f, "coalesced {vm} {bus} {addr:#x} {size:#x}")?;
+                if let Some(p) = pio {
+                    write!(f, " pio={p}")?;
+                }
+                if unregister {
+                    f.write_str(" unregister")?;
+                }
+                Ok(())
+            }
+            Op::Write { vm, bus, addr, len, value } => write!(f, "write {vm} {bus} {addr:#x} {len} {value:#x}"),
+            Op::Read { vm, bus, addr, len } => write!(f, "read {vm} {bus} {addr:#x} {len}"),
+            Op::FailNextAlloc { vm, bus } => write!(f, "fail-next-alloc {vm} {bus}"),
+        }
+    }
+}
+
+/// A line that does not parse, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError(pub String);
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError(msg.into()))
+}
+
+/// Parses a number: decimal (optionally negative) or `0x` hex.
+pub fn parse_number(tok: &str) -> Result<i128, ParseError> {
+    let (neg, body) = match tok.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, tok),
+    };
+    let parsed = match body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        Some(hex) => i128::from_str_radix(hex, 16),
+        None if body.chars().all(|c| c.is_ascii_digit()) => body.parse::<i128>(),
+        None => return err(format!("`{tok}` is not a number")),
+    };
+    match parsed {
+        Ok(v) if v <= u64::MAX as i128 => Ok(if neg { -v } else { v }),
+        _ => err(format!("`{tok}` is not a number that fits in 64 bits")),
+    }
+}
+
+fn number<T: TryFrom<i128>>(tok: &str, what: &str) -> Result<T, ParseError> {
+    let v = parse_number(tok)?;
+    T::try_from(v).map_err(|_| ParseError(format!("{what} `{tok}` is out of range")))
+}
+
+/// The positional and `key=value`/flag arguments of one line.
+struct Args<'a> {
+    verb: &'a str,
+    positional: Vec<&'a str>,
+    options: Vec<(&'a str, Option<&'a str>)>,
+}
+
+impl<'a> Args<'a> {
+    fn split(line: &'a str) -> Option<Args<'a>> {
+        let mut toks = line.split_whitespace();
+        let verb = toks.next()?;
+        let (mut positional, mut options) = (Vec::new(), Vec::new());
+        for t in toks {
+            match t.split_once('=') {
+                Some((k, v)) => options.push((k, Some(v))),
+                None if t.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && !["mmio", "pio", "ccw", "fast-mmio"].contains(&t) =>
+                {
+                    options.push((t, None))
+                }
+                None => positional.push(t),
+            }
+        }
+        Some(Args { verb, positional, options })
+    }
+
+    fn expect(&self, names: &[&str]) -> Result<(), ParseError> {
+        if self.positional.len() != names.len() {
+            return err(format!("`{}` takes {} ({} given)", self.verb, names.join(" "), self.positional.len()));
+        }
+        Ok(())
+    }
+
+    fn allow(&self, known: &[&str]) -> Result<(), ParseError> {
+        for (k, _) in &self.options {
+            if !known.contains(k) {
+                return err(format!("`{}` has no option `{k}` (known: {})", self.verb, known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&self, key: &str) -> Result<Option<&'a str>, ParseError> {
+        match self.options.iter().find(|(k, _)| *k == key) {
+            Some((_, Some(v))) => Ok(Some(v)),
+            Some((_, None)) => err(format!("option `{key}` needs a value: {key}=N")),
+            None => Ok(None),
+        }
+    }
+
+    fn flag(&self, key: &str) -> Result<bool, ParseError> {
+        match self.options.iter().find(|(k, _)| *k == key) {
+            Some((_, None)) => Ok(true),
+            Some((_, Some(_))) => err(format!("`{key}` takes no value")),
+            None => Ok(false),
+        }
+    }
+}
+
+fn guest_bus(tok: &str) -> Result<BusKind, ParseError> {
+    match tok {
+        "mmio" => Ok(BusKind::Mmio),
+        "pio" => Ok(BusKind::Pio),
+        _ => err(format!("BUS must be mmio or pio, not `{tok}`")),
+    }
+}
+
+fn access_len(bus: BusKind, tok: &str) -> Result<usize, ParseError> {
+    let len: usize = number(tok, "LEN")?;
+    match (bus, len) {
+        (BusKind::Mmio, 1 | 2 | 4 | 8) | (BusKind::Pio, 1 | 2 | 4) => Ok(len),
+        (BusKind::Pio, _) => err(format!("a PIO access is 1, 2 or 4 bytes, not {len}")),
+        _ => err(format!("an MMIO access is 1, 2, 4 or 8 bytes, not {len}")),
+    }
+}
+
+fn access_addr(bus: BusKind, addr: u64, len: usize) -> Result<u64, ParseError> {
+    if bus == BusKind::Pio && addr > 0xffff {
+        return err(format!("port {addr:#x} is above 0xffff"));
+    }
+    if bus == BusKind::Mmio && (addr & 0xfff) + len as u64 > 0x1000 {
+        return err(format!(
+            "the access of {len} bytes at {addr:#x} crosses a 4 KiB page: the kernel splits it into fragments, which the model does not reproduce"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Parses one line: `Ok(None)` for a blank line or a comment.
+///
+/// ```
+/// use ioregionfd_model::script::{parse_line, Op};
+/// assert_eq!(parse_line("  # nothing").unwrap(), None);
+/// let op = parse_line("write 0 mmio 0x10 2 0xbeef").unwrap().unwrap();
+/// assert_eq!(op.to_string(), "write 0 mmio 0x10 2 0xbeef");
+/// assert!(parse_line("write 0 mmio 0x10 2 0x1beef").is_err()); // does not fit in 2 bytes
+/// ```
+pub fn parse_line(line: &str) -> Result<Option<Op>, ParseError> {
+    let code = line.split('#').next().unwrap_or("");
+    let Some(a) = Args::split(code) else { return Ok(None) };
+    let p = &a.positional;
+    let op = match a.verb {
+        "vm" => {
+            a.expect(&[])?;
+            a.allow(&["backend", "nr_iobus_devs"])?;
+            let backend = match a.value("backend")? {
+                Some(b) => Backend::from_name(b)
+                    .ok_or_else(|| ParseError(format!("backend must be emulated or vmx-ept, not `{b}`")))?,
+                None => Backend::default(),
+            };
+            let nr_iobus_devs = match a.value("nr_iobus_devs")? {
+                Some("none") => None,
+                Some(n) => Some(number(n, "nr_iobus_devs")?),
+                None => Some(crate::bus::NR_IOBUS_DEVS),
+            };
+            Op::Vm { backend, nr_iobus_devs }
+        }
+        "eventfd" => {
+            a.expect(&[])?;
+            a.allow(&[])?;
+            Op::Eventfd
+        }
+        "close" => {
+            a.expect(&["FD"])?;
+            a.allow(&[])?;
+            Op::Close { fd: number(p[0], "FD")? }
+        }
+        "ioeventfd" => {
+            a.expect(&["VM", "BUS", "ADDR", "LEN", "EVENTFD"])?;
+            a.allow(&["datamatch", "deassign", "flags"])?;
+            Op::Ioeventfd {
+                vm: number(p[0], "VM")?,
+                bus: guest_bus(p[1])?,
+                addr: number(p[2], "ADDR")?,
+                len: number(p[3], "LEN")?,
+                fd: number(p[4], "EVENTFD")?,
+                datamatch: a.value("datamatch")?.map(|v| number(v, "datamatch")).transpose()?,
+                deassign: a.flag("deassign")?,
+                extra_flags: a.value("flags")?.map(|v| number(v, "flags")).transpose()?.unwrap_or(0),
+            }
+        }
+        "coalesced" => {
+            a.expect(&["VM", "BUS", "ADDR", "SIZE"])?;
+            a.allow(&["pio", "unregister"])?;
+            Op::Coalesced {
+                vm: number(p[0], "VM")?,
+                bus: guest_bus(p[1])?,
+                addr: number(p[2], "ADDR")?,
+                size: number(p[3], "SIZE")?,
+                pio: a.value("pio")?.map(|v| number(v, "pio")).transpose()?,
+                unregister: a.flag("unregister")?,
+            }
+        }
+        "write" => {
+            a.expect(&["VM", "BUS", "ADDR", "LEN", "VALUE"])?;
+            a.allow(&[])?;
+            let bus = guest_bus(p[1])?;
+            let len = access_len(bus, p[3])?;
+            let addr = access_addr(bus, number(p[2], "ADDR")?, len)?;
+            let value: u64 = number(p[4], "VALUE")?;
+            if len < 8 && value >> (8 * len) != 0 {
+                return err(format!("VALUE {value:#x} does not fit in {len} bytes"));
+            }
+            Op::Write { vm: number(p[0], "VM")?, bus, addr, len, value }
+        }
+        "read" => {
+            a.expect(&["VM", "BUS", "ADDR", "LEN"])?;
+            a.allow(&[])?;
+            let bus = guest_bus(p[1])?;
+            let len = access_len(bus, p[3])?;
+            let addr = access_addr(bus, number(p[2], "ADDR")?, len)?;
+            Op::Read { vm: number(p[0], "VM")?, bus, addr, len }
+        }
+        "fail-next-alloc" => {
+            a.expect(&["VM", "BUS"])?;
+            a.allow(&[])?;
+            let bus = BusKind::from_name(p[1])
+                .ok_or_else(|| ParseError(format!("BUS must be mmio, pio, ccw or fast-mmio, not `{}`", p[1])))?;
+            Op::FailNextAlloc { vm: number(p[0], "VM")?, bus }
+        }
+        other => return err(format!("unknown operation `{other}`")),
+    };
+    Ok(Some(op))
+}
+
+/// The result of one operation: its result line, then any violation lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// The one result line.
+    pub result: String,
+    /// `violation ID: TEXT` lines.
+    pub violations: Vec<String>,
+}
+
+/// Runs operations against one modelled system.
+#[derive(Debug)]
+pub struct Runner {
+    kvm: Kvm,
+    design: Design,
+    seen: usize,
+}
+
+fn ok_or_errno(r: Result<(), Errno>) -> String {
+    match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+impl Runner {
+    /// A fresh system under `design`.
+    pub fn new(design: Design) -> Self {
+        Runner { kvm: Kvm::new(), design, seen: 0 }
+    }
+
+    /// A fresh system that records violations but no trace events (long runs, fuzzing).
+    pub fn without_trace(design: Design) -> Self {
+        Runner { kvm: Kvm::with_recorder(crate::trace::Recorder::without_events()), design, seen: 0 }
+    }
+
+    /// The design.
+    pub fn design(&self) -> Design {
+        self.design
+    }
+
+    /// The system.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Runs one operation, then the structural checks.
+    pub fn execute(&mut self, op: &Op) -> Output {
+        let result = self.result(op);
+        let rec = self.kvm.recorder();
+        let mut violations: Vec<String> = rec.violations_since(self.seen).iter().map(|v| v.to_string()).collect();
+        self.seen = rec.violation_count();
+        violations
+            .extend(self.kvm.check_structure().into_iter().map(|(inv, text)| format!("violation {}: {text}", inv.id)));
+        Output { result, violations }
+    }
+
+    fn result(&mut self, op: &Op) -> String {
+        let kvm = &self.kvm;
+        let vm = |id: usize| kvm.vm(id).ok_or(Errno::EBADF);
+        match *op {
+            Op::Vm { backend, nr_iobus_devs } => {
+                let mut config = VmConfig { backend, ..VmConfig::default() };
+                config.bus.nr_iobus_devs = nr_iobus_devs;
+                format!("vm {}", kvm.create_vm(config))
+            }
+            Op::Eventfd => format!("eventfd {}", kvm.eventfd()),
+            Op::Close { fd } => ok_or_errno(kvm.close(fd)),
+            Op::Ioeventfd { vm, bus, addr, len, fd, datamatch, deassign, extra_flags } => {
+                let args = Op::ioeventfd_args(bus, addr, len, fd, datamatch, deassign, extra_flags);
+                ok_or_errno(kvm.ioeventfd(vm, &args))
+            }
+            Op::Coalesced { vm, bus, addr, size, pio, unregister } => {
+                let zone = KvmCoalescedMmioZone { addr, size, pio: pio.unwrap_or((bus == BusKind::Pio) as u32) };
+                ok_or_errno(if unregister {
+                    kvm.unregister_coalesced_mmio(vm, &zone)
+                } else {
+                    kvm.register_coalesced_mmio(vm, &zone)
+                })
+            }
+            Op::Write { vm: id, bus, addr, len, value } => match vm(id) {
+                Ok(vm) => vm
+                    .access(bus, addr, len, Some(value))
+                    .map_or_else(|e| format!("err EINVAL ({e})"), |o| o.to_string()),
+                Err(e) => format!("err {e}"),
+            },
+            Op::Read { vm: id, bus, addr, len } => match vm(id) {
+                Ok(vm) => {
+                    vm.access(bus, addr, len, None).map_or_else(|e| format!("err EINVAL ({e})"), |o| o.to_string())
+                }
+                Err(e) => format!("err {e}"),
+            },
+            Op::FailNextAlloc { vm: id, bus } => match vm(id) {
+                Ok(vm) => {
+                    vm.fail_next_alloc(bus);
+                    "ok".to_string()
+                }
+                Err(e) => format!("err {e}"),
+            },
+        }
+    }
+}
+
+/// Runs a whole script: results on `out`, parse errors on `err`. Returns the exit code: 2 for a
+/// line that does not parse (nothing after it runs), 1 if any violation was printed, else 0.
+pub fn run_script(input: impl BufRead, out: &mut impl Write, err: &mut impl Write, design: Design) -> i32 {
+    let mut runner = Runner::new(design);
+    let mut violated = false;
+    for (n, line) in input.lines().enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = writeln!(err, "line {}: cannot read: {e}", n + 1);
+                return 2;
+            }
+        };
+        let op = match parse_line(&line) {
+            Ok(Some(op)) => op,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = out.flush();
+                let _ = writeln!(err, "line {}: {e}: {}", n + 1, line.trim());
+                return 2;
+            }
+        };
+        let output = runner.execute(&op);
+        let _ = writeln!(out, "{}", output.result);
+        for v in &output.violations {
+            let _ = writeln!(out, "{v}");
+        }
+        violated |= !output.violations.is_empty();
+    }
+    let _ = out.flush();
+    i32::from(violated)
+}

@@ -1,0 +1,347 @@
+//! A VM: its I/O buses, and guest accesses that either reach a device or exit to userspace.
+//!
+//! How an access reaches the buses depends on the x86 backend ([`Backend`]): with VMX/EPT an MMIO
+//! access to a page that already faulted once is first offered to FAST_MMIO with length 0 (reads
+//! too: the fast path does not know the direction), then emulated on the MMIO bus; on the
+//! emulating backends (`kvm_pvm`, shadow paging, SVM) every MMIO access is emulated on the MMIO
+//! bus. PIO goes to the PIO bus on every backend.
+//!
+//! Every access runs inside an SRCU read section of the VM (`kvm->srcu`).
+
+use crate::bus::{BusConfig, BusKind, DispatchCtx, HandledBy, KvmIo};
+use crate::errno::Errno;
+use crate::invariants::Invariant;
+use crate::sync::Mutex;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// The x86 backend, which decides how MMIO accesses reach the buses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Every MMIO access is emulated on the MMIO bus (`kvm_pvm`, shadow paging, SVM). What this
+    /// machine runs.
+    #[default]
+    Emulated,
+    /// VMX with EPT: after a page's first access (EPT violation, MMIO SPTE installed), accesses
+    /// take the EPT-misconfig fast path, offered to FAST_MMIO with length 0 before emulation.
+    VmxEpt,
+}
+
+impl Backend {
+    /// Name as the script writes it: `emulated` or `vmx-ept`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Emulated => "emulated",
+            Backend::VmxEpt => "vmx-ept",
+        }
+    }
+
+    /// The backend with this [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Backend> {
+        [Backend::Emulated, Backend::VmxEpt].into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// Settings of a VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmConfig {
+    /// How accesses reach the buses.
+    pub backend: Backend,
+    /// Bus settings.
+    pub bus: BusConfig,
+}
+
+/// The exit a guest access makes when no in-kernel device takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvmExit {
+    /// `KVM_EXIT_MMIO`.
+    Mmio {
+        /// Guest physical address.
+        addr: u64,
+        /// Length in bytes.
+        len: u32,
+        /// The bytes written (little endian), zero for reads.
+        data: [u8; 8],
+        /// Direction.
+        is_write: bool,
+    },
+    /// `KVM_EXIT_IO` (one access, count 1).
+    Io {
+        /// Port.
+        port: u16,
+        /// Size in bytes.
+        size: u8,
+        /// The bytes written (little endian), zero for reads.
+        data: [u8; 8],
+        /// `KVM_EXIT_IO_OUT` when true, `KVM_EXIT_IO_IN` otherwise.
+        is_out: bool,
+    },
+}
+
+fn le_value(data: &[u8; 8]) -> u64 {
+    u64::from_le_bytes(*data)
+}
+
+impl fmt::Display for KvmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KvmExit::Mmio { addr, len, data, is_write: true } => {
+                write!(f, "exit mmio {addr:#x} {len} {:#x}", le_value(&data))
+            }
+            KvmExit::Mmio { addr, len, is_write: false, .. } => write!(f, "exit mmio {addr:#x} {len}"),
+            KvmExit::Io { port, size, data, is_out: true } => {
+                write!(f, "exit pio {port:#x} {size} {:#x}", le_value(&data))
+            }
+            KvmExit::Io { port, size, is_out: false, .. } => write!(f, "exit pio {port:#x} {size}"),
+        }
+    }
+}
+
+/// The outcome of one guest access.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessOutcome {
+    /// An in-kernel device handled it.
+    Handled(HandledBy),
+    /// It exited to userspace.
+    Exit(KvmExit),
+}
+
+impl fmt::Display for AccessOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessOutcome::Handled(h) => h.fmt(f),
+            AccessOutcome::Exit(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A guest access the model cannot perform, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessError {
+    /// The length is not one a single x86 access has on that bus (MMIO 1, 2, 4, 8; PIO 1, 2, 4).
+    BadLength {
+        /// The bus.
+        bus: BusKind,
+        /// The length asked for.
+        len: usize,
+    },
+    /// The access crosses a 4 KiB page: the kernel splits it into fragments, which the model
+    /// does not reproduce.
+    CrossesPage {
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: usize,
+    },
+    /// A port number above 0xffff.
+    BadPort(u64),
+    /// Guest accesses go to the MMIO or PIO bus only.
+    NotAGuestBus(BusKind),
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessError::BadLength { bus: BusKind::Pio, len } => {
+                write!(f, "PIO access length {len}: must be 1, 2 or 4")
+            }
+            AccessError::BadLength { len, .. } => write!(f, "MMIO access length {len}: must be 1, 2, 4 or 8"),
+            AccessError::CrossesPage { addr, len } => write!(
+                f,
+                "access of {len} bytes at {addr:#x} crosses a 4 KiB page; the kernel splits it into fragments, which the model does not reproduce"
+            ),
+            AccessError::BadPort(p) => write!(f, "port {p:#x} is above 0xffff"),
+            AccessError::NotAGuestBus(b) => write!(f, "guest accesses go to mmio or pio, not {b}"),
+        }
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// A VM (`struct kvm`): its buses and devices, and how accesses reach them.
+#[derive(Debug)]
+pub struct Vm {
+    /// The I/O half of the VM (buses, SRCU, slots_lock, lists, ring).
+    pub io: KvmIo,
+    backend: Backend,
+    /// Pages with an MMIO SPTE (VMX/EPT only): accesses there take the fast path.
+    mmio_sptes: Mutex<BTreeSet<u64>>,
+}
+
+impl Vm {
+    /// A new VM numbered `id`, recording into `rec`.
+    pub fn new(id: usize, rec: crate::trace::Recorder, config: VmConfig) -> Self {
+        Vm { io: KvmIo::new(id, rec, config.bus), backend: config.backend, mmio_sptes: Mutex::new(BTreeSet::new()) }
+    }
+
+    /// The VM's number.
+    pub fn id(&self) -> usize {
+        self.io.vm
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A guest access on `bus` (MMIO or PIO) of `len` bytes: a write when `value` is `Some`.
+    ///
+    /// ```
+    /// use ioregionfd_model::bus::BusKind;
+    /// use ioregionfd_model::trace::Recorder;
+    /// use ioregionfd_model::vm::{Vm, VmConfig};
+    /// let vm = Vm::new(0, Recorder::new(), VmConfig::default());
+    /// let out = vm.access(BusKind::Mmio, 0x1000, 4, Some(0x12345678)).unwrap();
+    /// assert_eq!(out.to_string(), "exit mmio 0x1000 4 0x12345678");
+    /// assert!(vm.access(BusKind::Mmio, 0xffe, 4, None).is_err()); // crosses a page
+    /// ```
+    pub fn access(
+        &self,
+        bus: BusKind,
+        addr: u64,
+        len: usize,
+        value: Option<u64>,
+    ) -> Result<AccessOutcome, AccessError> {
+        let mut data = [0u8; 8];
+        if let Some(v) = value {
+            data = v.to_le_bytes();
+        }
+        match bus {
+            BusKind::Mmio => {
+                if !matches!(len, 1 | 2 | 4 | 8) {
+                    return Err(AccessError::BadLength { bus, len });
+                }
+                if (addr & 0xfff) + len as u64 > 0x1000 {
+                    return Err(AccessError::CrossesPage { addr, len });
+                }
+                Ok(match value {
+                    Some(_) => self.mmio_write(addr, &data[..len]),
+                    None => self.mmio_read(addr, len),
+                })
+            }
+            BusKind::Pio => {
+                if !matches!(len, 1 | 2 | 4) {
+                    return Err(AccessError::BadLength { bus, len });
+                }
+                let port = u16::try_from(addr).map_err(|_| AccessError::BadPort(addr))?;
+                Ok(match value {
+                    Some(_) => self.pio_write(port, &data[..len]),
+                    None => self.pio_read(port, len),
+                })
+            }
+            other => Err(AccessError::NotAGuestBus(other)),
+        }
+    }
+
+    fn ctx(&self) -> DispatchCtx<'_> {
+        DispatchCtx { rec: &self.io.rec, vm: self.io.vm }
+    }
+
+    /// The VMX fast path: true when the page already has an MMIO SPTE and a FAST_MMIO device
+    /// took the (length 0) write; the first access to a page installs the SPTE.
+    fn fast_mmio(&self, addr: u64) -> Option<HandledBy> {
+        if self.backend != Backend::VmxEpt {
+            return None;
+        }
+        if self.mmio_sptes.lock().insert(addr >> 12) {
+            return None;
+        }
+        let reader = self.io.srcu.read_lock();
+        self.io.bus(BusKind::FastMmio).write(&reader, &self.ctx(), addr, &[]).ok()
+    }
+
+    /// A guest MMIO write (`vcpu_mmio_write`, one chunk of at most 8 bytes).
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("guest write mmio {addr:#x} len {}", data.len()));
+        let outcome = match self.fast_mmio(addr) {
+            Some(h) => AccessOutcome::Handled(h),
+            None => {
+                let reader = self.io.srcu.read_lock();
+                match self.io.bus(BusKind::Mmio).write(&reader, &self.ctx(), addr, data) {
+                    Ok(h) => AccessOutcome::Handled(h),
+                    Err(_) => AccessOutcome::Exit(KvmExit::Mmio {
+                        addr,
+                        len: data.len() as u32,
+                        data: pad8(data),
+                        is_write: true,
+                    }),
+                }
+            }
+        };
+        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
+        outcome
+    }
+
+    /// A guest MMIO read (`vcpu_mmio_read`).
+    pub fn mmio_read(&self, addr: u64, len: usize) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("guest read mmio {addr:#x} len {len}"));
+        let outcome = match self.fast_mmio(addr) {
+            Some(h) => AccessOutcome::Handled(h),
+            None => {
+                let reader = self.io.srcu.read_lock();
+                let mut data = [0u8; 8];
+                match self.io.bus(BusKind::Mmio).read(&reader, &self.ctx(), addr, &mut data[..len]) {
+                    Ok(h) => AccessOutcome::Handled(h),
+                    Err(_) => {
+                        AccessOutcome::Exit(KvmExit::Mmio { addr, len: len as u32, data: [0; 8], is_write: false })
+                    }
+                }
+            }
+        };
+        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
+        outcome
+    }
+
+    /// A guest `out` (`kernel_pio`, count 1).
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("guest out {port:#x} len {}", data.len()));
+        let reader = self.io.srcu.read_lock();
+        let outcome = match self.io.bus(BusKind::Pio).write(&reader, &self.ctx(), port as u64, data) {
+            Ok(h) => AccessOutcome::Handled(h),
+            Err(_) => AccessOutcome::Exit(KvmExit::Io { port, size: data.len() as u8, data: pad8(data), is_out: true }),
+        };
+        drop(reader);
+        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
+        outcome
+    }
+
+    /// A guest `in` (`kernel_pio`, count 1).
+    pub fn pio_read(&self, port: u16, len: usize) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("guest in {port:#x} len {len}"));
+        let reader = self.io.srcu.read_lock();
+        let mut data = [0u8; 8];
+        let outcome = match self.io.bus(BusKind::Pio).read(&reader, &self.ctx(), port as u64, &mut data[..len]) {
+            Ok(h) => AccessOutcome::Handled(h),
+            Err(_) => AccessOutcome::Exit(KvmExit::Io { port, size: len as u8, data: [0; 8], is_out: false }),
+        };
+        drop(reader);
+        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
+        outcome
+    }
+
+    /// Makes the next array allocation on `bus` fail.
+    pub fn fail_next_alloc(&self, bus: BusKind) {
+        self.io.bus(bus).fail_next_alloc();
+    }
+
+    /// The structural invariants of this VM.
+    pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
+        self.io.check_structure()
+    }
+
+    /// `KVM_REGISTER_COALESCED_MMIO`.
+    pub fn register_coalesced_mmio(&self, zone: &crate::uapi::KvmCoalescedMmioZone) -> Result<(), Errno> {
+        self.io.register_coalesced_mmio(zone)
+    }
+
+    /// `KVM_UNREGISTER_COALESCED_MMIO`.
+    pub fn unregister_coalesced_mmio(&self, zone: &crate::uapi::KvmCoalescedMmioZone) -> Result<(), Errno> {
+        self.io.unregister_coalesced_mmio(zone)
+    }
+}
+
+fn pad8(data: &[u8]) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..data.len()].copy_from_slice(data);
+    b
+}
