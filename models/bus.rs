@@ -86,8 +86,74 @@ fn race(vmm: Vmm, reclaim: Reclaim) -> Result<(), Failure> {
     assertion(&kvm, vmm_result == expected_vmm, format!("the VMM's ioctl returned {vmm_result:?}"))
 }
 
+/// Two VMM threads change the MMIO bus (one registers an ioeventfd at `B`, one deassigns `A`,
+/// the second with the allocation failing when `enomem`) while two vCPUs write `A` and `B`.
+fn churn(reclaim: Reclaim, enomem: bool) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::new());
+    let mut config = VmConfig::default();
+    config.bus.reclaim = reclaim;
+    let vm_id = kvm.create_vm(config);
+    let vm = kvm.vm(vm_id).expect("vm");
+    let (efd_a, efd_b) = (kvm.eventfd(), kvm.eventfd());
+    let at_a = KvmIoeventfd { addr: A, len: 4, fd: efd_a, ..Default::default() };
+    kvm.ioeventfd(vm_id, &at_a).expect("setup: ioeventfd at A");
+    if enomem {
+        vm.fail_next_alloc(BusKind::Mmio);
+    }
+    let vcpus: Vec<_> = [(0, A), (1, B)]
+        .into_iter()
+        .map(|(n, addr)| {
+            let vm = vm.clone();
+            spawn_named(&format!("vcpu{n}"), move || vm.mmio_write(addr, &1u32.to_le_bytes()))
+        })
+        .collect();
+    let k = kvm.clone();
+    let register = spawn_named("vmm0", move || {
+        k.ioeventfd(vm_id, &KvmIoeventfd { addr: B, len: 4, fd: efd_b, ..Default::default() })
+    });
+    let k = kvm.clone();
+    let deassign =
+        spawn_named("vmm1", move || k.ioeventfd(vm_id, &KvmIoeventfd { flags: KVM_IOEVENTFD_FLAG_DEASSIGN, ..at_a }));
+    let outcomes: Vec<AccessOutcome> = vcpus.into_iter().map(|h| h.join().expect("vcpu")).collect();
+    let (r, d) = (register.join().expect("vmm0"), deassign.join().expect("vmm1"));
+    verdict(&kvm)?;
+    // exactly once: each write either counted once on its own eventfd or exited
+    for (outcome, efd) in outcomes.iter().zip([efd_a, efd_b]) {
+        let count = kvm.eventfd_count(efd).expect("open");
+        let ok = match outcome {
+            AccessOutcome::Handled(h) => h.to_string() == format!("eventfd {efd}") && count == 1,
+            AccessOutcome::Exit(_) => count == 0,
+        };
+        assertion(&kvm, ok, format!("outcome {outcome} with eventfd {efd} counted {count}"))?;
+    }
+    // whichever of the two writers allocated first may have taken the injected fault
+    let enomem_seen = [&r, &d].iter().filter(|x| x.is_err()).count();
+    assertion(&kvm, d.is_ok() && (enomem || r.is_ok()) && enomem_seen <= 1, format!("register {r:?}, deassign {d:?}"))
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     vec![
+        Scenario {
+            name: "bus-churn-vs-two-vcpus",
+            summary: "one VMM thread registers at B, another deassigns A, while two vCPUs write A and B",
+            design: "mainline",
+            expected: Expected::Holds,
+            run: || churn(Reclaim::AfterReaders, false),
+        },
+        Scenario {
+            name: "bus-churn-enomem-vs-two-vcpus",
+            summary: "as above, with the first array allocation failing (a failed register, or a NULL bus)",
+            design: "mainline",
+            expected: Expected::Holds,
+            run: || churn(Reclaim::AfterReaders, true),
+        },
+        Scenario {
+            name: "bus-churn-vs-two-vcpus",
+            summary: "as above, but unregister destroys without waiting for SRCU readers",
+            design: "defect:no-srcu-wait",
+            expected: Expected::Violates("lifetime"),
+            run: || churn(Reclaim::Immediately, false),
+        },
         Scenario {
             name: "bus-register-vs-dispatch",
             summary: "KVM_IOEVENTFD adds an entry at B while a vCPU writes A",

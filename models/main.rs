@@ -105,7 +105,7 @@ mod explore {
     const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
 
     /// Explores every interleaving of `s` up to `bound` preemptions.
-    pub fn run(s: &Scenario, bound: usize) -> (Option<Failure>, usize) {
+    pub fn run(s: &Scenario, bound: Option<usize>) -> (Option<Failure>, usize) {
         EXECUTIONS.store(0, Ordering::SeqCst);
         *FAILURE.lock().unwrap() = None;
         *PANIC.lock().unwrap() = None;
@@ -123,7 +123,7 @@ mod explore {
             }
         }));
         let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(bound);
+        builder.preemption_bound = bound;
         builder.max_branches = 100_000;
         let body = s.run;
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -154,15 +154,23 @@ mod explore {
     use super::{Failure, Scenario};
 
     /// One execution on real threads.
-    pub fn run(s: &Scenario, _bound: usize) -> (Option<Failure>, usize) {
+    pub fn run(s: &Scenario, _bound: Option<usize>) -> (Option<Failure>, usize) {
         ((s.run)().err(), 1)
     }
 }
 
-fn options() -> Result<(usize, Vec<String>), String> {
+/// A preemption bound: a number, or `none` for an exhaustive search.
+fn parse_bound(v: &str) -> Result<Option<usize>, String> {
+    match v {
+        "none" => Ok(None),
+        n => n.parse().map(Some).map_err(|_| format!("preemption bound `{v}` is not a number or `none`")),
+    }
+}
+
+fn options() -> Result<(Option<usize>, Vec<String>), String> {
     let mut bound = match std::env::var("LOOM_MAX_PREEMPTIONS") {
-        Ok(v) => v.parse().map_err(|_| format!("LOOM_MAX_PREEMPTIONS={v} is not a number"))?,
-        Err(_) => 2,
+        Ok(v) => parse_bound(&v)?,
+        Err(_) => Some(2),
     };
     let mut filters = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -170,8 +178,8 @@ fn options() -> Result<(usize, Vec<String>), String> {
         match a.as_str() {
             "--" => {}
             "--bound" => {
-                let v = args.next().ok_or("--bound needs a number")?;
-                bound = v.parse().map_err(|_| format!("--bound {v} is not a number"))?;
+                let v = args.next().ok_or("--bound needs a number or `none`")?;
+                bound = parse_bound(&v)?;
             }
             // Flags cargo's test runner passes to every test target; nothing to do here.
             "--nocapture" | "--quiet" | "-q" | "--color" | "--test-threads" => {}
@@ -197,7 +205,11 @@ fn json_str(s: &str) -> String {
     out
 }
 
-fn write_report(rows: &[Row], bound: usize) -> std::io::Result<std::path::PathBuf> {
+fn bound_text(bound: Option<usize>) -> String {
+    bound.map_or_else(|| "none".to_string(), |b| b.to_string())
+}
+
+fn write_report(rows: &[Row], bound: Option<usize>) -> std::io::Result<std::path::PathBuf> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/model-report");
     std::fs::create_dir_all(dir.join("traces"))?;
     let mut json = String::from("[\n");
@@ -212,7 +224,7 @@ fn write_report(rows: &[Row], bound: usize) -> std::io::Result<std::path::PathBu
             json_str(r.failure.as_ref().map(|f| f.text.as_str()).unwrap_or("")),
             r.interleavings,
             r.seconds,
-            bound,
+            json_str(&bound_text(bound)),
             json_str(ioregionfd_model::sync::BACKEND),
             r.passed,
             json_str(trace),
@@ -232,7 +244,7 @@ fn main() {
     let (bound, filters) = match options() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("models: {e}\nusage: cargo model [-- [--bound N] [NAME...]]");
+            eprintln!("models: {e}\nusage: cargo model [-- [--bound N|none] [NAME...]]");
             std::process::exit(2);
         }
     };
@@ -241,7 +253,7 @@ fn main() {
     let chosen: Vec<&Scenario> =
         all.iter().filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str()))).collect();
     if exhaustive {
-        eprintln!("models: {} scenarios under loom, preemption bound {bound}", chosen.len());
+        eprintln!("models: {} scenarios under loom, preemption bound {}", chosen.len(), bound_text(bound));
     } else {
         eprintln!(
             "models: built without --cfg loom: each of {} scenarios runs once on real threads (a smoke run); `cargo model` explores every interleaving",
@@ -304,7 +316,7 @@ fn main() {
     }
 }
 
-fn report(rows: &[Row], bound: usize) {
+fn report(rows: &[Row], bound: Option<usize>) {
     match write_report(rows, bound) {
         Ok(dir) => println!("\nreport: {}/report.json (traces in {}/traces/)", dir.display(), dir.display()),
         Err(e) => eprintln!("models: cannot write the report: {e}"),

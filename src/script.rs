@@ -6,7 +6,7 @@
 //! printed as `violation ID: TEXT` after the result line.
 //!
 //! ```text
-//! vm [backend=emulated|vmx-ept] [nr_iobus_devs=N|none]                  -> vm ID   (from 0)
+//! vm [backend=emulated|vmx-ept] [nr_iobus_devs=N|none] [insertion=sorted|append]  -> vm ID (from 0)
 //! eventfd                                                               -> eventfd FD
 //! close FD                                                              -> ok | err EBADF
 //! ioeventfd VM BUS ADDR LEN EVENTFD [datamatch=N] [deassign] [flags=N]  -> ok | err ERRNO
@@ -20,7 +20,8 @@
 //! numbers are given out as a fresh process does: the lowest free number, starting at 3.
 //! `flags=N` ORs raw bits into the flags word that BUS, `datamatch=` and `deassign` build (so
 //! unknown bits can be tried); `pio=N` sets the raw `pio` field (default: 1 for BUS `pio`, else 0).
-//! An operation on a VM that does not exist prints `err EBADF`.
+//! An operation on a VM that does not exist prints `err EBADF`. `insertion=append` is a defect
+//! variant of the bus (new entries appended unsorted) that shows the `bus` check firing.
 //!
 //! ```
 //! use ioregionfd_model::script::run_script;
@@ -32,7 +33,7 @@
 //! assert_eq!(String::from_utf8(out).unwrap(), "vm 0\neventfd 3\nok\neventfd 3\nexit mmio 0x1000 4\n");
 //! ```
 
-use crate::bus::BusKind;
+use crate::bus::{BusKind, Insertion};
 use crate::design::Design;
 use crate::errno::Errno;
 use crate::kvm::Kvm;
@@ -44,12 +45,14 @@ use std::io::{BufRead, Write};
 /// One parsed script operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// `vm [backend=B] [nr_iobus_devs=N|none]`.
+    /// `vm [backend=B] [nr_iobus_devs=N|none] [insertion=sorted|append]`.
     Vm {
         /// Backend (default: emulated).
         backend: Backend,
         /// NR_IOBUS_DEVS check (default `Some(1000)`; `None` = not enforced).
         nr_iobus_devs: Option<i32>,
+        /// Where new bus entries go (default: sorted, as the kernel does).
+        insertion: Insertion,
     },
     /// `eventfd`.
     Eventfd,
@@ -154,16 +157,20 @@ impl fmt::Display for Op {
     /// The line that parses back to this operation.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Op::Vm { backend, nr_iobus_devs } => {
+            Op::Vm { backend, nr_iobus_devs, insertion } => {
                 f.write_str("vm")?;
                 if backend != Backend::default() {
                     write!(f, " backend={}", backend.name())?;
                 }
                 match nr_iobus_devs {
-                    Some(crate::bus::NR_IOBUS_DEVS) => Ok(()),
-                    Some(n) => write!(f, " nr_iobus_devs={n}"),
-                    None => f.write_str(" nr_iobus_devs=none"),
+                    Some(crate::bus::NR_IOBUS_DEVS) => {}
+                    Some(n) => write!(f, " nr_iobus_devs={n}")?,
+                    None => f.write_str(" nr_iobus_devs=none")?,
                 }
+                if insertion == Insertion::AppendUnsorted {
+                    f.write_str(" insertion=append")?;
+                }
+                Ok(())
             }
             Op::Eventfd => f.write_str("eventfd"),
             Op::Close { fd } => write!(f, "close {fd}"),
@@ -339,7 +346,7 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, ParseError> {
     let op = match a.verb {
         "vm" => {
             a.expect(&[])?;
-            a.allow(&["backend", "nr_iobus_devs"])?;
+            a.allow(&["backend", "nr_iobus_devs", "insertion"])?;
             let backend = match a.value("backend")? {
                 Some(b) => Backend::from_name(b)
                     .ok_or_else(|| ParseError(format!("backend must be emulated or vmx-ept, not `{b}`")))?,
@@ -350,7 +357,12 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, ParseError> {
                 Some(n) => Some(number(n, "nr_iobus_devs")?),
                 None => Some(crate::bus::NR_IOBUS_DEVS),
             };
-            Op::Vm { backend, nr_iobus_devs }
+            let insertion = match a.value("insertion")? {
+                None | Some("sorted") => Insertion::Sorted,
+                Some("append") => Insertion::AppendUnsorted,
+                Some(other) => return err(format!("insertion must be sorted or append, not `{other}`")),
+            };
+            Op::Vm { backend, nr_iobus_devs, insertion }
         }
         "eventfd" => {
             a.expect(&[])?;
@@ -480,9 +492,10 @@ impl Runner {
         let kvm = &self.kvm;
         let vm = |id: usize| kvm.vm(id).ok_or(Errno::EBADF);
         match *op {
-            Op::Vm { backend, nr_iobus_devs } => {
+            Op::Vm { backend, nr_iobus_devs, insertion } => {
                 let mut config = VmConfig { backend, ..VmConfig::default() };
                 config.bus.nr_iobus_devs = nr_iobus_devs;
+                config.bus.insertion = insertion;
                 format!("vm {}", kvm.create_vm(config))
             }
             Op::Eventfd => format!("eventfd {}", kvm.eventfd()),

@@ -332,6 +332,18 @@ pub enum Reclaim {
     Immediately,
 }
 
+/// Where `kvm_io_bus_register_dev` puts a new entry; the defect variant exists to show that the
+/// `bus` check catches an array that is not sorted per `kvm_io_bus_cmp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Insertion {
+    /// The kernel (since "kvm: use insert sort in kvm_io_bus_register_dev function"): before the
+    /// first entry that compares greater.
+    #[default]
+    Sorted,
+    /// Defect: append at the end without sorting.
+    AppendUnsorted,
+}
+
 /// One bus slot of a VM (`kvm->buses[idx]`): the published array pointer, NULL once the bus is
 /// gone, plus the injectable allocation fault.
 pub struct IoBus {
@@ -340,6 +352,7 @@ pub struct IoBus {
     current: Mutex<Option<Arc<BusArray>>>,
     fail_next_alloc: AtomicBool,
     reclaim: Reclaim,
+    insertion: Insertion,
     limit: Option<i32>,
 }
 
@@ -350,16 +363,16 @@ impl fmt::Debug for IoBus {
 }
 
 impl IoBus {
-    /// An empty bus (`kvm_create_vm` allocates a zeroed one per slot). `limit` is the
-    /// NR_IOBUS_DEVS check (`None`: not enforced, as rfc-v3 does under kmemcg).
-    pub fn new(kind: BusKind, vm: usize, limit: Option<i32>, reclaim: Reclaim) -> Self {
+    /// An empty bus (`kvm_create_vm` allocates a zeroed one per slot).
+    pub fn new(kind: BusKind, vm: usize, config: BusConfig) -> Self {
         IoBus {
             kind,
             vm,
             current: Mutex::new(Some(Arc::new(BusArray::new(Vec::new(), 0)))),
             fail_next_alloc: AtomicBool::new(false),
-            reclaim,
-            limit,
+            reclaim: config.reclaim,
+            insertion: config.insertion,
+            limit: config.nr_iobus_devs,
         }
     }
 
@@ -433,7 +446,10 @@ impl IoBus {
         if !self.alloc() {
             return Err(Errno::ENOMEM);
         }
-        let i = bus.insertion_index(addr, len);
+        let i = match self.insertion {
+            Insertion::Sorted => bus.insertion_index(addr, len),
+            Insertion::AppendUnsorted => bus.ranges.len(),
+        };
         let mut ranges = Vec::with_capacity(bus.ranges.len() + 1);
         ranges.extend_from_slice(&bus.ranges[..i]);
         ranges.push(IoRange { addr, len, dev });
@@ -614,11 +630,13 @@ pub struct BusConfig {
     pub nr_iobus_devs: Option<i32>,
     /// How replaced arrays and unregistered devices are reclaimed.
     pub reclaim: Reclaim,
+    /// Where a new entry goes.
+    pub insertion: Insertion,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { nr_iobus_devs: Some(NR_IOBUS_DEVS), reclaim: Reclaim::AfterReaders }
+        BusConfig { nr_iobus_devs: Some(NR_IOBUS_DEVS), reclaim: Reclaim::AfterReaders, insertion: Insertion::Sorted }
     }
 }
 
@@ -654,7 +672,7 @@ impl<X: Default> KvmIo<X> {
     /// assert_eq!(io.bus(BusKind::Mmio).snapshot().unwrap().dev_count(), 0);
     /// ```
     pub fn new(vm: usize, rec: Recorder, config: BusConfig) -> Self {
-        let bus = |kind| IoBus::new(kind, vm, config.nr_iobus_devs, config.reclaim);
+        let bus = |kind| IoBus::new(kind, vm, config);
         KvmIo {
             vm,
             rec,
@@ -696,5 +714,176 @@ impl<X> KvmIo<X> {
             }
         }
         wrong
+    }
+}
+
+#[cfg(all(test, not(loom), not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::uapi::{KVM_IOEVENTFD_FLAG_DEASSIGN, KvmCoalescedMmioZone, KvmIoeventfd};
+
+    fn io(config: BusConfig) -> KvmIo {
+        KvmIo::new(0, Recorder::new(), config)
+    }
+
+    fn zone(io: &KvmIo, addr: u64, size: u32) {
+        io.register_coalesced_mmio(&KvmCoalescedMmioZone { addr, size, pio: 0 }).unwrap();
+    }
+
+    fn entries(io: &KvmIo, kind: BusKind) -> Vec<(u64, i32)> {
+        io.bus(kind).snapshot().unwrap().ranges().iter().map(|r| (r.addr, r.len)).collect()
+    }
+
+    #[test]
+    fn cmp_follows_the_kernel() {
+        assert_eq!(kvm_io_bus_cmp((0x10, 4), (0x20, 4)), -1);
+        assert_eq!(kvm_io_bus_cmp((0x20, 4), (0x20, 4)), 0);
+        assert_eq!(kvm_io_bus_cmp((0x22, 2), (0x20, 4)), 0); // inside
+        assert_eq!(kvm_io_bus_cmp((0x22, 4), (0x20, 4)), 1); // overlaps, not inside
+        assert_eq!(kvm_io_bus_cmp((0x20, 8), (0x20, 0)), 0); // len-0 device: start only
+        assert_eq!(kvm_io_bus_cmp((0x21, 1), (0x20, 0)), 1);
+        assert_eq!(kvm_io_bus_cmp((0x24, 0), (0x20, 4)), 0); // len-0 key: end included
+        // a negative len (a zone of 2 GiB or more) sign-extends: the end wraps to just below
+        // 2^64, so the entry compares equal to every access from its start upwards
+        assert_eq!(kvm_io_bus_cmp((0x1000, 4), (0x1000, i32::MIN)), 0);
+        assert_eq!(kvm_io_bus_cmp((0xffff_0000_0000, 8), (0x1000, i32::MIN)), 0);
+        assert_eq!(kvm_io_bus_cmp((0xfff, 1), (0x1000, i32::MIN)), -1);
+    }
+
+    #[test]
+    fn bsearch_is_linux_bsearch() {
+        // Against a linear scan on every sorted array of small integers: found iff present, and
+        // the index found holds the key.
+        for n in 0..8usize {
+            let v: Vec<i32> = (0..n as i32).map(|i| i * 2).collect();
+            for key in -1..(2 * n as i32 + 1) {
+                let got = linux_bsearch(v.len(), |i| key.cmp(&v[i]) as i32);
+                assert_eq!(got.map(|i| v[i]), v.contains(&key).then_some(key), "n {n} key {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn insertion_order_len0_goes_after_same_start_len_gt0_before_longer() {
+        let io = io(BusConfig::default());
+        zone(&io, 0x10, 5);
+        zone(&io, 0x10, 0);
+        zone(&io, 0x10, 2);
+        assert_eq!(entries(&io, BusKind::Mmio), vec![(0x10, 2), (0x10, 5), (0x10, 0)]);
+    }
+
+    #[test]
+    fn nested_ranges_skip_the_outer_device() {
+        let io = io(BusConfig::default());
+        zone(&io, 0, 100);
+        zone(&io, 10, 2);
+        zone(&io, 50, 10);
+        let array = io.bus(BusKind::Mmio).snapshot().unwrap();
+        let first = array.get_first_dev(55, 4).unwrap();
+        assert_eq!((array.ranges()[first].addr, array.ranges()[first].len), (50, 10));
+        // the walk back stopped at [10,12), so [0,100) at index 0 is never reached
+        assert_eq!(first, 2);
+        assert_eq!(kvm_io_bus_cmp((55, 4), (10, 2)), 1);
+    }
+
+    #[test]
+    fn nr_iobus_devs_leaves_ioeventfds_out() {
+        let io = io(BusConfig { nr_iobus_devs: Some(2), ..BusConfig::default() });
+        let ctx = Arc::new(ioeventfd::EventfdCtx::new(3));
+        let fdget = |_fd: i32| -> Result<Arc<ioeventfd::EventfdCtx>, Errno> {
+            ctx.get(&io.rec);
+            Ok(ctx.clone())
+        };
+        for addr in 0..5 {
+            io.ioeventfd(&KvmIoeventfd { addr: 0x100 + addr * 8, len: 4, fd: 3, ..Default::default() }, &fdget)
+                .unwrap();
+        }
+        zone(&io, 0x10, 4);
+        zone(&io, 0x20, 4);
+        let third = io.register_coalesced_mmio(&KvmCoalescedMmioZone { addr: 0x30, size: 4, pio: 0 });
+        assert_eq!(third, Err(Errno::ENOSPC));
+        let sixth = io.ioeventfd(&KvmIoeventfd { addr: 0x200, len: 4, fd: 3, ..Default::default() }, &fdget);
+        assert_eq!(sixth, Err(Errno::ENOSPC));
+        assert!(io.check_structure().is_empty());
+    }
+
+    #[test]
+    fn failed_unregister_publishes_null_and_destroys_every_device() {
+        let io = io(BusConfig::default());
+        zone(&io, 0x10, 4);
+        zone(&io, 0x20, 4);
+        let ring_zone = KvmCoalescedMmioZone { addr: 0x10, size: 4, pio: 0 };
+        io.bus(BusKind::Mmio).fail_next_alloc();
+        assert_eq!(io.unregister_coalesced_mmio(&ring_zone), Ok(()), "always 0");
+        assert!(io.bus(BusKind::Mmio).snapshot().is_none(), "bus is NULL");
+        assert!(io.slots.lock().coalesced_zones.is_empty(), "both zones destroyed");
+        assert_eq!(io.register_coalesced_mmio(&ring_zone), Err(Errno::ENOMEM));
+        assert_eq!(io.unregister_coalesced_mmio(&ring_zone), Ok(()));
+        let reader = io.srcu.read_lock();
+        let ctx = DispatchCtx { rec: &io.rec, vm: 0 };
+        assert_eq!(io.bus(BusKind::Mmio).write(&reader, &ctx, 0x20, &[1]), Err(Errno::ENOMEM));
+        drop(reader);
+        assert!(io.rec.violations().is_empty());
+    }
+
+    #[test]
+    fn deassign_after_null_bus_leaves_fast_twin_and_is_enoent() {
+        let io = io(BusConfig::default());
+        let ctx = Arc::new(ioeventfd::EventfdCtx::new(3));
+        let fdget = |_fd: i32| -> Result<Arc<ioeventfd::EventfdCtx>, Errno> {
+            ctx.get(&io.rec);
+            Ok(ctx.clone())
+        };
+        let any_len = KvmIoeventfd { addr: 0x40, len: 0, fd: 3, ..Default::default() };
+        io.ioeventfd(&any_len, &fdget).unwrap();
+        zone(&io, 0x80, 4);
+        io.bus(BusKind::Mmio).fail_next_alloc();
+        io.unregister_coalesced_mmio(&KvmCoalescedMmioZone { addr: 0x80, size: 4, pio: 0 }).unwrap();
+        assert_eq!(entries(&io, BusKind::FastMmio), vec![(0x40, 0)], "the FAST_MMIO twin survives");
+        let deassign = KvmIoeventfd { flags: KVM_IOEVENTFD_FLAG_DEASSIGN, ..any_len };
+        assert_eq!(io.ioeventfd(&deassign, &fdget), Err(Errno::ENOENT));
+        assert_eq!(entries(&io, BusKind::FastMmio), vec![], "... but is removed all the same");
+        assert!(io.rec.violations().is_empty());
+        assert_eq!(ctx.refs(), 1, "only the file's reference is left");
+    }
+
+    #[test]
+    fn bus_check_catches_an_unsorted_array() {
+        let io = io(BusConfig { insertion: Insertion::AppendUnsorted, ..BusConfig::default() });
+        zone(&io, 0x20, 4);
+        zone(&io, 0x10, 4);
+        let wrong = io.check_structure();
+        assert_eq!(wrong.len(), 1, "{wrong:?}");
+        assert_eq!(wrong[0].0.id, "bus");
+        assert!(wrong[0].1.contains("out of order"), "{}", wrong[0].1);
+        // and the mainline insertion of the same sequence is sorted
+        let good = self::io(BusConfig::default());
+        zone(&good, 0x20, 4);
+        zone(&good, 0x10, 4);
+        assert!(good.check_structure().is_empty());
+    }
+
+    #[test]
+    fn lifetime_check_catches_a_destroy_before_readers_leave() {
+        let io = io(BusConfig { reclaim: Reclaim::Immediately, ..BusConfig::default() });
+        zone(&io, 0x10, 4);
+        let reader = io.srcu.read_lock();
+        let seen = io.bus(BusKind::Mmio).get_srcu(&reader).unwrap();
+        io.unregister_coalesced_mmio(&KvmCoalescedMmioZone { addr: 0x10, size: 4, pio: 0 }).unwrap();
+        let wrong = check_bus_array(BusKind::Mmio, &seen);
+        assert!(wrong.iter().any(|(i, t)| i.id == "lifetime" && t.contains("destroyed device")), "{wrong:?}");
+        assert!(wrong.iter().any(|(i, t)| i.id == "lifetime" && t.contains("freed")), "{wrong:?}");
+        drop(reader);
+    }
+
+    #[test]
+    fn register_frees_the_old_array_only_after_readers() {
+        let io = io(BusConfig::default());
+        let reader = io.srcu.read_lock();
+        let seen = io.bus(BusKind::Mmio).get_srcu(&reader).unwrap();
+        zone(&io, 0x10, 4);
+        assert!(seen.life.is_live(), "a reader still sees the old array");
+        drop(reader);
+        assert!(!seen.life.is_live(), "freed once the reader left");
     }
 }
