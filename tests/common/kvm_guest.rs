@@ -230,6 +230,52 @@ impl Drop for GuestMem {
     }
 }
 
+/// Read-only shared mapping of a vCPU's coalesced MMIO ring page
+/// (`struct kvm_coalesced_mmio_ring`: `u32 first, u32 last`, then entries of
+/// 24 bytes); unmapped on drop.
+struct RingView {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl RingView {
+    fn map(vcpu: &VcpuFd) -> Result<RingView, String> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let offset = libc::off_t::try_from(kvm_bindings::KVM_COALESCED_MMIO_PAGE_OFFSET as usize * len)
+            .map_err(|e| format!("ring offset: {e}"))?;
+        // SAFETY: a new read-only shared mapping of the vCPU fd at the ring
+        // page offset; no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, vcpu.as_raw_fd(), offset)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap of the coalesced ring failed: {}", std::io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or("mmap returned NULL")?;
+        Ok(RingView { ptr, len })
+    }
+
+    /// `(last - first) mod KVM_COALESCED_MMIO_MAX`.
+    fn pending(&self) -> usize {
+        let max = ((self.len - 8) / 24) as u32;
+        // SAFETY: the page is mapped and at least 8 bytes long; the kernel
+        // writes these u32 fields, hence the volatile reads.
+        let (first, last) = unsafe {
+            let base = self.ptr.as_ptr().cast::<u32>();
+            (std::ptr::read_volatile(base), std::ptr::read_volatile(base.add(1)))
+        };
+        ((last % max + max - first % max) % max) as usize
+    }
+}
+
+impl Drop for RingView {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe a mapping created by `RingView::map`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// A one-vCPU KVM VM in 64-bit long mode that executes single I/O
 /// instructions on demand (see the module documentation for the layout).
 pub struct KvmGuest {
@@ -240,6 +286,9 @@ pub struct KvmGuest {
     _kvm: Kvm,
     mem: GuestMem,
     has_coalesced_ring: bool,
+    /// A second, read-only view of the coalesced ring page, for
+    /// [`KvmGuest::coalesced_pending`] (mapped on first use).
+    ring_view: Option<RingView>,
     /// Set when an `access` failed after `KVM_RUN` started: the vCPU may then
     /// hold an unanswered exit or a triple-faulted state, so it is not reused.
     poisoned: Option<String>,
@@ -366,7 +415,7 @@ impl KvmGuest {
         let has_coalesced_ring =
             kvm.check_extension_raw(KVM_CAP_COALESCED_MMIO.into()) > 0 && vcpu.map_coalesced_mmio_ring().is_ok();
 
-        Ok(KvmGuest { vcpu, vm, _kvm: kvm, mem, has_coalesced_ring, poisoned: None })
+        Ok(KvmGuest { vcpu, vm, _kvm: kvm, mem, has_coalesced_ring, ring_view: None, poisoned: None })
     }
 
     /// The VM fd: register ioeventfds / coalesced zones on it.
@@ -400,6 +449,20 @@ impl KvmGuest {
             out.push(CoalescedEntry { addr: e.phys_addr, pio, data: e.data[..len].to_vec() });
         }
         Ok(out)
+    }
+
+    /// Number of entries waiting in the coalesced ring, without consuming
+    /// any (reads the ring's `first`/`last` indices through a read-only
+    /// mapping of the same page). `Err` if the ring is not available.
+    pub fn coalesced_pending(&mut self) -> Result<usize, String> {
+        if !self.has_coalesced_ring {
+            return Err("coalesced MMIO ring not available".into());
+        }
+        if self.ring_view.is_none() {
+            self.ring_view = Some(RingView::map(&self.vcpu)?);
+        }
+        let view = self.ring_view.as_ref().expect("mapped above");
+        Ok(view.pending())
     }
 
     /// Performs exactly one guest instruction doing `access`, then runs to the
