@@ -3,7 +3,8 @@
 //! An executable, model-checked reimplementation of the KVM side of *ioregionfd* and of the
 //! mainline in-kernel I/O bus it builds on.
 //!
-//! Layers, bottom up: [`uapi`] (structures and their byte images) → [`bus`] (`kvm_io_bus`,
+//! Layers, bottom up: [`uapi`] (structures and their byte images) and [`wire`] (the ioregionfd
+//! command and response formats) → [`bus`] (`kvm_io_bus`,
 //! ioeventfd, coalesced MMIO, SRCU) → [`fd`] (files and the process fd table) → [`vm`] and
 //! [`kvm`] (the system). Beside them: [`design`] (the presets), [`sync`] (the concurrency facade: std, loom or shuttle),
 //! [`invariants`] (the catalogue and its checks), [`trace`] (events for counterexamples),
@@ -34,3 +35,4 @@ pub mod sync;
 pub mod trace;
 pub mod uapi;
 pub mod vm;
+pub mod wire;
