@@ -4,10 +4,10 @@
 //! mainline in-kernel I/O bus it builds on.
 //!
 //! Layers, bottom up: [`uapi`] (structures and their byte images) and [`wire`] (the ioregionfd
-//! command and response formats) → [`bus`] (`kvm_io_bus`,
-//! ioeventfd, coalesced MMIO, SRCU) → [`fd`] (files and the process fd table) → [`vm`] and
-//! [`kvm`] (the system). Beside them: [`design`] (the presets), [`sync`] (the concurrency facade: std, loom or shuttle),
-//! [`invariants`] (the catalogue and its checks), [`trace`] (events for counterexamples),
+//! command and response formats) → [`bus`] (`kvm_io_bus`, ioeventfd, coalesced MMIO, SRCU) →
+//! [`fd`] (files and the process fd table) → [`vm`] and [`kvm`] (the system). Beside them:
+//! [`design`] (the presets), [`sync`] (the concurrency facade: std, loom or shuttle),
+//! [`invariants`] (the catalogue and its checks), [`trace`] (events for counterexamples), and
 //! [`script`] (the line-oriented interface reviewers and differential tests use).
 //!
 //! ```

@@ -188,3 +188,160 @@ impl KvmCoalescedMmio {
 
 /// Slots in the coalesced MMIO ring with 4 KiB pages: `(4096 - 8) / 24` = 170 (one kept free).
 pub const KVM_COALESCED_MMIO_MAX: u32 = (4096 - 8) / 24;
+
+/// `KVM_IOREGION_PIO` (both designs): the region is on the PIO bus.
+pub const KVM_IOREGION_PIO: u32 = 1 << 0;
+/// `KVM_IOREGION_POSTED_WRITES` (both designs): writes do not wait for a response.
+pub const KVM_IOREGION_POSTED_WRITES: u32 = 1 << 1;
+/// `KVM_IOREGION_DEASSIGN` (rfc-v3): remove the region.
+pub const KVM_IOREGION_DEASSIGN: u32 = 1 << 2;
+/// `KVM_IOREGION_VALID_FLAG_MASK` of rfc-v3.
+pub const KVM_IOREGION_V3_VALID_FLAG_MASK: u32 = 0x7;
+
+/// `struct kvm_ioregion` of the seed document (64 bytes):
+/// `guest_paddr u64, memory_size u64, user_data u64, fd s32, flags u32, pad[32]`.
+///
+/// ```
+/// use ioregionfd_model::uapi::KvmIoregionSeed;
+/// let r = KvmIoregionSeed { guest_paddr: 0x1000, memory_size: 0x100, user_data: 9, fd: 3, flags: 0, pad: [0; 32] };
+/// assert_eq!(KvmIoregionSeed::decode(&r.encode()), Ok(r));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmIoregionSeed {
+    /// Guest physical address (or port).
+    pub guest_paddr: u64,
+    /// Size in bytes.
+    pub memory_size: u64,
+    /// Opaque token sent with every command.
+    pub user_data: u64,
+    /// An ioregionfd from `KVM_CREATE_IOREGIONFD`, or -1 to delete.
+    pub fd: i32,
+    /// `KVM_IOREGION_PIO`, `KVM_IOREGION_POSTED_WRITES`.
+    pub flags: u32,
+    /// Padding, kept as given.
+    pub pad: [u8; 32],
+}
+
+impl KvmIoregionSeed {
+    /// Size of the image.
+    pub const SIZE: usize = 64;
+
+    /// The 64-byte image.
+    pub fn encode(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&self.guest_paddr.to_le_bytes());
+        b[8..16].copy_from_slice(&self.memory_size.to_le_bytes());
+        b[16..24].copy_from_slice(&self.user_data.to_le_bytes());
+        b[24..28].copy_from_slice(&self.fd.to_le_bytes());
+        b[28..32].copy_from_slice(&self.flags.to_le_bytes());
+        b[32..64].copy_from_slice(&self.pad);
+        b
+    }
+
+    /// Decodes a 64-byte image.
+    pub fn decode(image: &[u8]) -> Result<Self, UapiError> {
+        let b: [u8; 64] = sized("kvm_ioregion (seed)", image)?;
+        Ok(KvmIoregionSeed {
+            guest_paddr: u64_at(&b, 0),
+            memory_size: u64_at(&b, 8),
+            user_data: u64_at(&b, 16),
+            fd: u32_at(&b, 24) as i32,
+            flags: u32_at(&b, 28),
+            pad: b[32..64].try_into().expect("32 bytes"),
+        })
+    }
+}
+
+/// `struct kvm_ioregion` of RFC v3 (64 bytes):
+/// `guest_paddr u64, memory_size u64, user_data u64, read_fd s32, write_fd s32, flags u32, pad[28]`.
+///
+/// ```
+/// use ioregionfd_model::uapi::KvmIoregionV3;
+/// let r = KvmIoregionV3 { guest_paddr: 0x1000, memory_size: 8, user_data: 1, read_fd: 3, write_fd: 4, flags: 2, pad: [0; 28] };
+/// let image = r.encode();
+/// assert_eq!(&image[24..32], &[3, 0, 0, 0, 4, 0, 0, 0]);
+/// assert_eq!(KvmIoregionV3::decode(&image), Ok(r));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmIoregionV3 {
+    /// Guest physical address (or port).
+    pub guest_paddr: u64,
+    /// Size in bytes; 0 registers a FAST_MMIO-style doorbell (posted writes only).
+    pub memory_size: u64,
+    /// Opaque token sent with every command.
+    pub user_data: u64,
+    /// The fd KVM reads responses from (not looked at when `memory_size` is 0).
+    pub read_fd: i32,
+    /// The fd KVM writes commands to.
+    pub write_fd: i32,
+    /// `KVM_IOREGION_PIO`, `KVM_IOREGION_POSTED_WRITES`, `KVM_IOREGION_DEASSIGN`.
+    pub flags: u32,
+    /// Padding, kept as given.
+    pub pad: [u8; 28],
+}
+
+impl KvmIoregionV3 {
+    /// Size of the image.
+    pub const SIZE: usize = 64;
+
+    /// The 64-byte image.
+    pub fn encode(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&self.guest_paddr.to_le_bytes());
+        b[8..16].copy_from_slice(&self.memory_size.to_le_bytes());
+        b[16..24].copy_from_slice(&self.user_data.to_le_bytes());
+        b[24..28].copy_from_slice(&self.read_fd.to_le_bytes());
+        b[28..32].copy_from_slice(&self.write_fd.to_le_bytes());
+        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        b[36..64].copy_from_slice(&self.pad);
+        b
+    }
+
+    /// Decodes a 64-byte image.
+    pub fn decode(image: &[u8]) -> Result<Self, UapiError> {
+        let b: [u8; 64] = sized("kvm_ioregion (rfc-v3)", image)?;
+        Ok(KvmIoregionV3 {
+            guest_paddr: u64_at(&b, 0),
+            memory_size: u64_at(&b, 8),
+            user_data: u64_at(&b, 16),
+            read_fd: u32_at(&b, 24) as i32,
+            write_fd: u32_at(&b, 28) as i32,
+            flags: u32_at(&b, 32),
+            pad: b[36..64].try_into().expect("28 bytes"),
+        })
+    }
+}
+
+#[cfg(all(test, not(loom), not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_byte_exact() {
+        let io = KvmIoeventfd { datamatch: 0x0102, addr: 0x0304, len: 4, fd: -1, flags: 5, pad: [0xaa; 36] };
+        let b = io.encode();
+        assert_eq!(&b[0..2], &[2, 1]);
+        assert_eq!(&b[8..10], &[4, 3]);
+        assert_eq!(&b[16..20], &[4, 0, 0, 0]);
+        assert_eq!(&b[20..24], &[0xff; 4]);
+        assert_eq!(&b[24..28], &[5, 0, 0, 0]);
+        assert_eq!(&b[28..], &[0xaa; 36]);
+        let z = KvmCoalescedMmioZone { addr: 1, size: 2, pio: 1 }.encode();
+        assert_eq!(z, [1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+        let seed = KvmIoregionSeed { guest_paddr: 1, memory_size: 2, user_data: 3, fd: -1, flags: 3, pad: [0; 32] };
+        let b = seed.encode();
+        assert_eq!((b[0], b[8], b[16]), (1, 2, 3));
+        assert_eq!(&b[24..32], &[0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0]);
+        let e = KvmCoalescedMmio { phys_addr: 0x10, len: 2, pio: 0, data: [1, 2, 0, 0, 0, 0, 0, 0] };
+        assert_eq!(KvmCoalescedMmio::decode(&e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn wrong_sizes_are_typed_errors() {
+        assert_eq!(KvmIoeventfd::decode(&[0; 65]), Err(UapiError { what: "kvm_ioeventfd", expected: 64, got: 65 }));
+        assert!(KvmCoalescedMmioZone::decode(&[]).is_err());
+        assert!(KvmIoregionSeed::decode(&[0; 16]).is_err());
+        assert!(KvmIoregionV3::decode(&[0; 63]).is_err());
+        assert!(KvmCoalescedMmio::decode(&[0; 23]).is_err());
+    }
+}
