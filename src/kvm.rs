@@ -13,7 +13,8 @@
 
 use crate::bus::ioeventfd::EventfdCtx;
 use crate::errno::Errno;
-use crate::fd::{FdTable, File};
+use crate::fd::channel::ChannelKind;
+use crate::fd::{FdTable, File, FileKind};
 use crate::invariants::Invariant;
 use crate::sync::{Arc, Mutex};
 use crate::trace::Recorder;
@@ -72,43 +73,73 @@ impl Kvm {
     /// `eventfd(0, 0)`: returns the new fd.
     pub fn eventfd(&self) -> i32 {
         let mut files = self.files.lock();
-        let fd = (crate::fd::FIRST_FD..).find(|n| files.get(*n).is_err()).expect("free fd");
-        let installed = files.install(File::Eventfd(Arc::new(EventfdCtx::new(fd))));
-        debug_assert_eq!(fd, installed);
-        installed
+        let fd = files.next_fd();
+        let file = files.new_file(FileKind::Eventfd(Arc::new(EventfdCtx::new(fd))));
+        files.install(file)
     }
 
-    /// Opens a file that is not an eventfd (for `EINVAL` cases).
+    /// Opens a file that is not an eventfd and cannot be read or written (for `EINVAL` cases).
     pub fn open_other(&self, name: &str) -> i32 {
-        self.files.lock().install(File::Other { name: name.to_string() })
+        let mut files = self.files.lock();
+        let file = files.new_file(FileKind::Other { name: name.to_string() });
+        files.install(file)
+    }
+
+    /// `socketpair(AF_UNIX, SOCK_STREAM or SOCK_SEQPACKET)` with `capacity` bytes per direction.
+    pub fn socketpair(&self, kind: ChannelKind, capacity: usize, nonblock: bool) -> (i32, i32) {
+        let mut files = self.files.lock();
+        let (a, b) = files.socketpair(kind, capacity, nonblock);
+        (files.install(a), files.install(b))
+    }
+
+    /// `pipe(2)`: (read end, write end).
+    pub fn pipe(&self, capacity: usize, nonblock: bool) -> (i32, i32) {
+        let mut files = self.files.lock();
+        let (r, w) = files.pipe(capacity, nonblock);
+        (files.install(r), files.install(w))
+    }
+
+    /// A FIFO made on tmpfs and opened twice: (read end, write end).
+    pub fn fifo(&self, capacity: usize, nonblock: bool) -> (i32, i32) {
+        let mut files = self.files.lock();
+        let (r, w) = files.fifo(capacity, nonblock);
+        (files.install(r), files.install(w))
+    }
+
+    /// The file behind `fd` (no new reference).
+    pub fn file(&self, fd: i32) -> Result<Arc<File>, Errno> {
+        self.files.lock().get(fd)
+    }
+
+    /// `fget`: the file behind `fd` with a new reference.
+    pub fn fget(&self, fd: i32) -> Result<Arc<File>, Errno> {
+        self.files.lock().fget(fd, &self.rec)
     }
 
     /// `close(2)`.
     pub fn close(&self, fd: i32) -> Result<(), Errno> {
         let file = self.files.lock().close(fd)?;
-        if let File::Eventfd(ctx) = &*file {
-            ctx.put(&self.rec);
-        }
-        self.rec.event(None, format_args!("close fd {fd}"));
+        self.rec.event(None, format_args!("close fd {fd} ({file})"));
+        file.put(&self.rec);
         Ok(())
     }
 
     /// `eventfd_ctx_fdget`: the eventfd behind `fd` with a new reference.
     fn eventfd_ctx_fdget(&self, fd: i32) -> Result<Arc<EventfdCtx>, Errno> {
-        match &*self.files.lock().get(fd)? {
-            File::Eventfd(ctx) => {
+        match self.files.lock().get(fd)?.kind() {
+            FileKind::Eventfd(ctx) => {
                 ctx.get(&self.rec);
                 Ok(ctx.clone())
             }
-            File::Other { .. } => Err(Errno::EINVAL),
+            _ => Err(Errno::EINVAL),
         }
     }
 
     /// The counter of the eventfd `fd` (without resetting it).
     pub fn eventfd_count(&self, fd: i32) -> Result<u64, Errno> {
-        match &*self.files.lock().get(fd)? {
-            File::Eventfd(ctx) => Ok(ctx.count()),
-            File::Other { .. } => Err(Errno::EINVAL),
+        match self.files.lock().get(fd)?.kind() {
+            FileKind::Eventfd(ctx) => Ok(ctx.count()),
+            _ => Err(Errno::EINVAL),
         }
     }
 

@@ -1,0 +1,387 @@
+//! Files, their reference counts and inodes, the transports behind them, and the process fd table.
+//!
+//! A [`File`] is a `struct file`: a reference count (`f_count`, a [`Kref`] whose misuse is a
+//! `lifetime` violation), an [`Inode`] (superblock and number: two files can share an inode, as
+//! a FIFO opened twice does, and two filesystems can reuse a number), and what it is
+//! ([`FileKind`]). When the last reference goes, the file is released: a pipe or socket end closes
+//! (the peer sees EOF or `EPIPE`), an eventfd puts its context.
+//!
+//! Inode numbers come from two counters, as in the kernel: sockfs and pipefs take theirs from
+//! `get_next_ino()`, a FIFO's inode belongs to the filesystem it was made on (a tmpfs counter of
+//! its own, starting at the same number), and every anonymous-inode file (eventfd, the seed
+//! design's ioregionfd) shares the one anonymous inode.
+//!
+//! File descriptor numbers are given out as a fresh process does: the lowest free number,
+//! starting at 3.
+//!
+//! ```
+//! use ioregionfd_model::fd::{FdTable, FileKind};
+//! use ioregionfd_model::errno::Errno;
+//! let mut t = FdTable::new();
+//! let mut open = |t: &mut FdTable| {
+//!     let f = t.new_file(FileKind::Other { name: "/dev/null".into() });
+//!     t.install(f)
+//! };
+//! let (a, b) = (open(&mut t), open(&mut t));
+//! assert_eq!((a, b), (3, 4));
+//! assert!(t.close(a).is_ok());
+//! assert_eq!(t.close(a).err(), Some(Errno::EBADF));
+//! assert_eq!(open(&mut t), 3);
+//! ```
+
+pub mod channel;
+
+use crate::bus::ioeventfd::EventfdCtx;
+use crate::errno::Errno;
+use crate::invariants::{Kref, Lifetime};
+use crate::sync::Arc;
+use crate::trace::Recorder;
+use channel::{Channel, ChannelKind, Transfer, Wait};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The first fd number a fresh process gives out (0, 1 and 2 are stdio).
+pub const FIRST_FD: i32 = 3;
+
+/// A filesystem instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Superblock {
+    /// The anonymous-inode filesystem: eventfds, the seed ioregionfd.
+    Anon,
+    /// Sockets.
+    Sockfs,
+    /// Pipes.
+    Pipefs,
+    /// The tmpfs where FIFOs are made.
+    Tmpfs,
+}
+
+/// An inode: its superblock and number (`i_ino`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Inode {
+    /// The filesystem.
+    pub sb: Superblock,
+    /// `i_ino`: unique within `sb` only.
+    pub ino: u64,
+}
+
+impl fmt::Display for Inode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sb = match self.sb {
+            Superblock::Anon => "anon",
+            Superblock::Sockfs => "sockfs",
+            Superblock::Pipefs => "pipefs",
+            Superblock::Tmpfs => "tmpfs",
+        };
+        write!(f, "{sb}:{}", self.ino)
+    }
+}
+
+/// What a file is.
+#[derive(Debug)]
+pub enum FileKind {
+    /// An eventfd.
+    Eventfd(Arc<EventfdCtx>),
+    /// One end of a socketpair: reads from `rx`, writes to `tx`.
+    Socket {
+        /// Where this end reads.
+        rx: Arc<Channel>,
+        /// Where this end writes.
+        tx: Arc<Channel>,
+    },
+    /// The read end of a pipe or FIFO.
+    PipeRead(Arc<Channel>),
+    /// The write end of a pipe or FIFO.
+    PipeWrite(Arc<Channel>),
+    /// Any other file (not an eventfd, not readable or writable by the model).
+    Other {
+        /// What it is, for messages.
+        name: String,
+    },
+}
+
+/// A `struct file`.
+pub struct File {
+    id: u64,
+    inode: Inode,
+    kind: FileKind,
+    nonblock: bool,
+    refs: Kref,
+    life: Lifetime,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "file#{}", self.id)
+    }
+}
+
+impl fmt::Display for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match &self.kind {
+            FileKind::Eventfd(_) => "eventfd",
+            FileKind::Socket { rx, .. } if rx.kind() == ChannelKind::Seqpacket => "seqpacket socket",
+            FileKind::Socket { .. } => "stream socket",
+            FileKind::PipeRead(_) => "pipe read end",
+            FileKind::PipeWrite(_) => "pipe write end",
+            FileKind::Other { name } => name,
+        };
+        write!(f, "file#{} ({what}, inode {})", self.id, self.inode)
+    }
+}
+
+impl File {
+    /// The file's identity (never reused).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its inode.
+    pub fn inode(&self) -> Inode {
+        self.inode
+    }
+
+    /// What it is.
+    pub fn kind(&self) -> &FileKind {
+        &self.kind
+    }
+
+    /// Whether `O_NONBLOCK` is set.
+    pub fn nonblock(&self) -> bool {
+        self.nonblock
+    }
+
+    /// Whether the file is still open (not released).
+    pub fn is_live(&self) -> bool {
+        self.life.is_live()
+    }
+
+    /// References held now.
+    pub fn refs(&self) -> i64 {
+        self.refs.get_count()
+    }
+
+    /// `get_file`: takes a reference (from 0 it is a `lifetime` violation).
+    pub fn get(&self, rec: &Recorder) {
+        self.refs.get(rec, self);
+    }
+
+    /// `fput`: drops a reference; the last one releases the file.
+    pub fn put(&self, rec: &Recorder) {
+        if self.refs.put(rec, self) {
+            self.release(rec);
+        }
+    }
+
+    /// `f_op->release`: closes this end of its transport.
+    fn release(&self, rec: &Recorder) {
+        self.life.end(rec, self);
+        rec.event(None, format_args!("release {self}"));
+        match &self.kind {
+            FileKind::Eventfd(ctx) => ctx.put(rec),
+            FileKind::Socket { rx, tx } => {
+                rx.close_reader();
+                tx.close_writer();
+            }
+            FileKind::PipeRead(c) => c.close_reader(),
+            FileKind::PipeWrite(c) => c.close_writer(),
+            FileKind::Other { .. } => {}
+        }
+    }
+
+    /// `kernel_read` / `read(2)`: `EINVAL` for a file that cannot be read. Reading a released
+    /// file is a `lifetime` violation (and `EBADF`).
+    pub fn read(&self, rec: &Recorder, buf: &mut [u8], wait: &Wait<'_>) -> Transfer {
+        if !self.life.check_use(rec, self) {
+            return Transfer::Failed(Errno::EBADF);
+        }
+        match &self.kind {
+            FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => rx.read(buf, self.nonblock, wait),
+            FileKind::Eventfd(ctx) if buf.len() >= 8 => {
+                let n = ctx.take();
+                if n == 0 {
+                    return match wait {
+                        Wait::Never => Transfer::WouldBlock { moved: 0 },
+                        Wait::Block { .. } => Transfer::Failed(Errno::EAGAIN),
+                    };
+                }
+                buf[..8].copy_from_slice(&n.to_le_bytes());
+                Transfer::Done(8)
+            }
+            _ => Transfer::Failed(Errno::EINVAL),
+        }
+    }
+
+    /// `kernel_write` / `write(2)`: `EINVAL` for a file that cannot be written. `EPIPE` means the
+    /// writer is due a `SIGPIPE`.
+    pub fn write(&self, rec: &Recorder, buf: &[u8], wait: &Wait<'_>) -> Transfer {
+        if !self.life.check_use(rec, self) {
+            return Transfer::Failed(Errno::EBADF);
+        }
+        match &self.kind {
+            FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => tx.write(buf, self.nonblock, wait),
+            _ => Transfer::Failed(Errno::EINVAL),
+        }
+    }
+}
+
+/// The process fd table (`struct files_struct`), and the inode numbering of the modelled host.
+#[derive(Debug)]
+pub struct FdTable {
+    files: BTreeMap<i32, Arc<File>>,
+    next_file: u64,
+    next_ino: u64,
+    next_tmpfs_ino: u64,
+}
+
+impl Default for FdTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The number `get_next_ino()` and the tmpfs counter start from (the same, so that inode numbers
+/// of different filesystems do meet).
+pub const FIRST_INO: u64 = 100;
+
+impl FdTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        FdTable { files: BTreeMap::new(), next_file: 1, next_ino: FIRST_INO, next_tmpfs_ino: FIRST_INO }
+    }
+
+    fn inode(&mut self, sb: Superblock) -> Inode {
+        let counter = match sb {
+            Superblock::Anon => return Inode { sb, ino: 1 },
+            Superblock::Tmpfs => &mut self.next_tmpfs_ino,
+            Superblock::Sockfs | Superblock::Pipefs => &mut self.next_ino,
+        };
+        let ino = *counter;
+        *counter += 1;
+        Inode { sb, ino }
+    }
+
+    fn file_on(&mut self, inode: Inode, kind: FileKind, nonblock: bool) -> Arc<File> {
+        let id = self.next_file;
+        self.next_file += 1;
+        Arc::new(File { id, inode, kind, nonblock, refs: Kref::new(1), life: Lifetime::new() })
+    }
+
+    /// A new file of `kind` on a new inode of the filesystem such files live on (one reference).
+    pub fn new_file(&mut self, kind: FileKind) -> Arc<File> {
+        let sb = match &kind {
+            FileKind::Eventfd(_) | FileKind::Other { .. } => Superblock::Anon,
+            FileKind::Socket { .. } => Superblock::Sockfs,
+            FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Superblock::Pipefs,
+        };
+        let inode = self.inode(sb);
+        self.file_on(inode, kind, false)
+    }
+
+    /// `socketpair(AF_UNIX, kind)`: two files, each on its own sockfs inode.
+    pub fn socketpair(&mut self, kind: ChannelKind, capacity: usize, nonblock: bool) -> (Arc<File>, Arc<File>) {
+        let a_to_b = Arc::new(Channel::new(kind, capacity));
+        let b_to_a = Arc::new(Channel::new(kind, capacity));
+        a_to_b.open_ends(1, 1);
+        b_to_a.open_ends(1, 1);
+        let ia = self.inode(Superblock::Sockfs);
+        let a = self.file_on(ia, FileKind::Socket { rx: b_to_a.clone(), tx: a_to_b.clone() }, nonblock);
+        let ib = self.inode(Superblock::Sockfs);
+        let b = self.file_on(ib, FileKind::Socket { rx: a_to_b, tx: b_to_a }, nonblock);
+        (a, b)
+    }
+
+    /// `pipe(2)`: read end and write end, sharing one pipefs inode.
+    pub fn pipe(&mut self, capacity: usize, nonblock: bool) -> (Arc<File>, Arc<File>) {
+        let inode = self.inode(Superblock::Pipefs);
+        self.pipe_on(inode, capacity, nonblock)
+    }
+
+    /// `mkfifo` then `open(O_RDONLY)` and `open(O_WRONLY)`: two files on one tmpfs inode.
+    pub fn fifo(&mut self, capacity: usize, nonblock: bool) -> (Arc<File>, Arc<File>) {
+        let inode = self.inode(Superblock::Tmpfs);
+        self.pipe_on(inode, capacity, nonblock)
+    }
+
+    fn pipe_on(&mut self, inode: Inode, capacity: usize, nonblock: bool) -> (Arc<File>, Arc<File>) {
+        let c = Arc::new(Channel::new(ChannelKind::Pipe, capacity));
+        c.open_ends(1, 1);
+        let r = self.file_on(inode, FileKind::PipeRead(c.clone()), nonblock);
+        let w = self.file_on(inode, FileKind::PipeWrite(c), nonblock);
+        (r, w)
+    }
+
+    /// The number the next [`install`](Self::install) gives out.
+    pub fn next_fd(&self) -> i32 {
+        (FIRST_FD..).find(|n| !self.files.contains_key(n)).expect("a free fd number")
+    }
+
+    /// Installs `file` at the lowest free number from 3 (the table owns the file's reference).
+    pub fn install(&mut self, file: Arc<File>) -> i32 {
+        let fd = self.next_fd();
+        self.files.insert(fd, file);
+        fd
+    }
+
+    /// The file behind `fd`, without a new reference: `EBADF` when it is not open.
+    pub fn get(&self, fd: i32) -> Result<Arc<File>, Errno> {
+        self.files.get(&fd).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// `fget`: the file behind `fd` with a new reference.
+    pub fn fget(&self, fd: i32, rec: &Recorder) -> Result<Arc<File>, Errno> {
+        let file = self.get(fd)?;
+        file.get(rec);
+        Ok(file)
+    }
+
+    /// `close(2)`: removes `fd` and returns its file, whose reference the caller puts.
+    pub fn close(&mut self, fd: i32) -> Result<Arc<File>, Errno> {
+        self.files.remove(&fd).ok_or(Errno::EBADF)
+    }
+
+    /// Open fd numbers, ascending.
+    pub fn open_fds(&self) -> Vec<i32> {
+        self.files.keys().copied().collect()
+    }
+}
+
+#[cfg(all(test, not(loom), not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inodes_pipes_share_sockets_do_not_fifos_meet_sockets() {
+        let mut t = FdTable::new();
+        let (r, w) = t.pipe(PIPE, false);
+        assert_eq!(r.inode(), w.inode());
+        let (a, b) = t.socketpair(ChannelKind::Stream, 64, false);
+        assert_ne!(a.inode(), b.inode());
+        let (fr, fw) = t.fifo(PIPE, false);
+        assert_eq!(fr.inode(), fw.inode());
+        assert_eq!(fr.inode().ino, r.inode().ino, "tmpfs and pipefs numbers meet");
+        assert_ne!(fr.inode(), r.inode(), "... on different superblocks");
+    }
+
+    const PIPE: usize = channel::PIPE_CAPACITY;
+
+    #[test]
+    fn release_closes_the_transport_end() {
+        let rec = Recorder::new();
+        let mut t = FdTable::new();
+        let (a, b) = t.socketpair(ChannelKind::Stream, 64, false);
+        b.get(&rec); // a second reference (KVM's)
+        b.put(&rec);
+        assert!(b.is_live());
+        b.put(&rec); // the last one
+        assert!(!b.is_live());
+        assert_eq!(a.write(&rec, &[0; 32], &Wait::Never), Transfer::Failed(Errno::EPIPE));
+        let mut buf = [0u8; 32];
+        assert_eq!(a.read(&rec, &mut buf, &Wait::Never), Transfer::Done(0));
+        assert!(rec.violations().is_empty());
+        b.put(&rec);
+        assert_eq!(rec.violations()[0].invariant, "lifetime", "a put below zero");
+        assert_eq!(b.read(&rec, &mut buf, &Wait::Never), Transfer::Failed(Errno::EBADF));
+        assert_eq!(rec.violations().len(), 2, "and a read after release");
+    }
+}
