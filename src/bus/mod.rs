@@ -137,7 +137,7 @@ pub trait KvmIoDevice: Send + Sync + fmt::Debug {
 }
 
 /// Runs a device's destructor (`kvm_iodevice_destructor`), ending its lifetime.
-fn destroy_device(dev: &Arc<dyn KvmIoDevice>, rec: &Recorder) {
+pub fn destroy_device(dev: &Arc<dyn KvmIoDevice>, rec: &Recorder) {
     dev.lifetime().end(rec, format_args!("{dev:?}"));
     dev.destructor(rec);
 }
@@ -474,20 +474,54 @@ impl IoBus {
         rec: &Recorder,
         dev: &Arc<dyn KvmIoDevice>,
     ) -> Result<(), Errno> {
+        self.unregister(slots, srcu, rec, dev, true)
+    }
+
+    /// `kvm_io_bus_unregister_dev` with the v5.11 contract for the target, which code written
+    /// against v5.11 (rfc-v3) relies on: the target is never destroyed here (the caller releases
+    /// it), in either path. Everything else is as in v6.5+ (the v5.11 failure path destroyed the
+    /// other devices before publishing the NULL bus, CVE-2021-47061, a mainline bug fixed since
+    /// and not reproduced).
+    #[track_caller]
+    pub fn unregister_dev_keep_target<T>(
+        &self,
+        slots: &SlotsGuard<'_, T>,
+        srcu: &Srcu,
+        rec: &Recorder,
+        dev: &Arc<dyn KvmIoDevice>,
+    ) -> Result<(), Errno> {
+        self.unregister(slots, srcu, rec, dev, false)
+    }
+
+    fn unregister<T>(
+        &self,
+        slots: &SlotsGuard<'_, T>,
+        srcu: &Srcu,
+        rec: &Recorder,
+        dev: &Arc<dyn KvmIoDevice>,
+        destroy_target: bool,
+    ) -> Result<(), Errno> {
         let Some(bus) = self.get(slots) else { return Ok(()) };
         let Some(i) = bus.ranges.iter().position(|r| same_device(&r.dev, dev)) else { return Ok(()) };
         if !self.alloc() {
             self.publish(rec, None);
             rec.event(Some(self.vm), format_args!("kvm: failed to shrink {} bus, removing it completely", self.kind));
             self.wait_for_readers(srcu);
-            self.destroy_array(rec, &bus);
+            for (j, r) in bus.ranges.iter().enumerate() {
+                if destroy_target || j != i {
+                    destroy_device(&r.dev, rec);
+                }
+            }
+            Self::free_array(rec, self.vm, self.kind, &bus);
             return Err(Errno::ENOMEM);
         }
         let mut ranges = bus.ranges.clone();
         ranges.remove(i);
         self.publish(rec, Some(Arc::new(BusArray::new(ranges, bus.ioeventfd_count()))));
         self.wait_for_readers(srcu);
-        destroy_device(dev, rec);
+        if destroy_target {
+            destroy_device(dev, rec);
+        }
         Self::free_array(rec, self.vm, self.kind, &bus);
         Ok(())
     }
