@@ -40,8 +40,33 @@ pub const LIFETIME: Invariant = Invariant {
     statement: "no use of a device, bus array, region, file or context after release; refcounts never rise from 0 or fall below 0; no NULL dereference",
 };
 
+/// `overlap`: no two ioregions of one VM on one bus share an address, and no ioregion shares an
+/// address with an ioeventfd of that VM and bus (a size-0 ioregion or ioeventfd occupies the one
+/// byte at its address).
+pub const OVERLAP: Invariant = Invariant {
+    id: "overlap",
+    statement: "no two ioregions of one VM and bus overlap, nor an ioregion and an ioeventfd",
+};
+
+/// `route`: an access completes only with the response to its own command (across vCPUs, VMs
+/// and buses). Checked with ghost tags: every command carries the tag of its access, a device
+/// answers with the tag of the command it read, and the access that reads a response compares.
+pub const ROUTE: Invariant =
+    Invariant { id: "route", statement: "an access completes only with the response to its own command" };
+
+/// `isolation`: no VM ever receives data produced for another VM's access.
+pub const ISOLATION: Invariant =
+    Invariant { id: "isolation", statement: "no VM receives data produced for another VM's access" };
+
+/// `wire`: every message on the wire is 32 well-formed bytes of the design's format (reserved
+/// bits zero, size and response bits right, offset within the region, the region's user_data).
+pub const WIRE: Invariant = Invariant {
+    id: "wire",
+    statement: "every message on the wire is 32 well-formed bytes: reserved bits zero, size and resp bits right, offset within the region, user_data of the region",
+};
+
 /// Every invariant, in report order.
-pub const CATALOGUE: &[Invariant] = &[BUS, LIFETIME];
+pub const CATALOGUE: &[Invariant] = &[ROUTE, ISOLATION, WIRE, LIFETIME, OVERLAP, BUS];
 
 /// The invariant with this id.
 pub fn by_id(id: &str) -> Option<&'static Invariant> {
@@ -110,7 +135,8 @@ impl Lifetime {
 pub use crate::bus::check_bus_array;
 
 /// A kernel reference count (`struct kref`, a file's `f_count`) whose misuse is a `lifetime`
-/// violation: a get when the count is 0, or a put below 0.
+/// violation: a get when the count is 0, or a put below 0. As `refcount_t` does, a misused count
+/// saturates: it never reaches 0 again, so the object is never released (a leak, not a free).
 ///
 /// ```
 /// use ioregionfd_model::invariants::Kref;
@@ -121,8 +147,10 @@ pub use crate::bus::check_bus_array;
 /// assert!(!r.put(&rec, "ctx"));
 /// assert!(r.put(&rec, "ctx")); // dropped to zero: release
 /// assert!(rec.violations().is_empty());
-/// r.get(&rec, "ctx"); // from 0: a violation
+/// r.get(&rec, "ctx"); // from 0: a violation, and the count saturates
 /// assert_eq!(rec.violations()[0].invariant, "lifetime");
+/// assert!(r.saturated());
+/// assert!(!r.put(&rec, "ctx")); // never released again
 /// ```
 #[derive(Debug)]
 pub struct Kref(crate::sync::atomic::AtomicI64);
@@ -138,21 +166,38 @@ impl Kref {
         self.0.load(Ordering::Acquire)
     }
 
-    /// Takes a reference; from 0 it is a `lifetime` violation (the object may be freed).
+    /// The value of a saturated count (`REFCOUNT_SATURATED`).
+    pub const SATURATED: i64 = i32::MIN as i64 / 2;
+
+    /// Whether the count saturated after a misuse.
+    pub fn saturated(&self) -> bool {
+        self.get_count() < 0
+    }
+
+    /// Takes a reference; from 0 it is a `lifetime` violation (`refcount_t: addition on 0;
+    /// use-after-free`) and the count saturates.
     #[track_caller]
     pub fn get(&self, rec: &Recorder, what: impl fmt::Display) {
-        if self.0.fetch_add(1, Ordering::AcqRel) <= 0 {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        if before == 0 {
             rec.violation(&LIFETIME, format_args!("reference taken on {what} whose count is 0"));
+            self.0.store(Self::SATURATED, Ordering::Release);
+        } else if before < 0 {
+            self.0.store(Self::SATURATED, Ordering::Release);
         }
     }
 
     /// Drops a reference; returns true when the count reached 0 (the caller releases the object).
-    /// Below 0 is a `lifetime` violation.
+    /// Below 0 is a `lifetime` violation (`refcount_t: underflow; use-after-free`) and the count
+    /// saturates; a saturated count stays saturated.
     #[track_caller]
     pub fn put(&self, rec: &Recorder, what: impl fmt::Display) -> bool {
         let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        if before == 0 {
+            rec.violation(&LIFETIME, format_args!("reference put on {what} whose count is already 0"));
+        }
         if before <= 0 {
-            rec.violation(&LIFETIME, format_args!("reference put on {what} whose count is already {before}"));
+            self.0.store(Self::SATURATED, Ordering::Release);
         }
         before == 1
     }

@@ -11,22 +11,30 @@
 //! assert_eq!(kvm.ioeventfd(vm, &bad), Err(Errno::EINVAL));
 //! ```
 
+use crate::bus::BusKind;
 use crate::bus::ioeventfd::EventfdCtx;
+use crate::design::{Design, Transport};
+use crate::device::{MemoryDevice, ServedDevice};
 use crate::errno::Errno;
 use crate::fd::channel::ChannelKind;
 use crate::fd::{FdTable, File, FileKind};
 use crate::invariants::Invariant;
+use crate::region::{ContextTable, Host};
 use crate::sync::{Arc, Mutex};
 use crate::trace::Recorder;
-use crate::uapi::{KvmCoalescedMmioZone, KvmIoeventfd};
-use crate::vm::{Vm, VmConfig};
+use crate::uapi::{KvmCoalescedMmioZone, KvmIoeventfd, KvmIoregionSeed, KvmIoregionV3};
+use crate::vm::{AccessCtx, AccessError, AccessOutcome, Vm, VmConfig};
 
-/// The modelled host: the VMM process's files and its VMs.
+/// The modelled host: the VMM process's files, its VMs, the contexts shared across VMs, and
+/// (sequential model) the devices served on its files.
 #[derive(Debug)]
 pub struct Kvm {
     rec: Recorder,
+    design: Design,
     files: Mutex<FdTable>,
     vms: Mutex<Vec<Arc<Vm>>>,
+    contexts: ContextTable,
+    served: Mutex<Vec<ServedDevice>>,
 }
 
 impl Default for Kvm {
@@ -41,9 +49,35 @@ impl Kvm {
         Self::with_recorder(Recorder::new())
     }
 
-    /// A system recording into `rec`.
+    /// A system recording into `rec`, under the `proposed` design.
     pub fn with_recorder(rec: Recorder) -> Self {
-        Kvm { rec, files: Mutex::new(FdTable::new()), vms: Mutex::new(Vec::new()) }
+        Self::with_design(Design::Proposed, rec)
+    }
+
+    /// A system under `design`, recording into `rec`.
+    pub fn with_design(design: Design, rec: Recorder) -> Self {
+        Kvm {
+            rec,
+            design,
+            files: Mutex::new(FdTable::new()),
+            vms: Mutex::new(Vec::new()),
+            contexts: ContextTable::default(),
+            served: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The design.
+    pub fn design(&self) -> Design {
+        self.design
+    }
+
+    /// Changes the design; only before the first VM exists (`EINVAL` after).
+    pub fn set_design(&mut self, design: Design) -> Result<(), Errno> {
+        if !self.vms.lock().is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        self.design = design;
+        Ok(())
     }
 
     /// The system's recorder (trace and violations).
@@ -55,7 +89,7 @@ impl Kvm {
     pub fn create_vm(&self, config: VmConfig) -> usize {
         let mut vms = self.vms.lock();
         let id = vms.len();
-        vms.push(Arc::new(Vm::new(id, self.rec.clone(), config)));
+        vms.push(Arc::new(Vm::with_design(id, self.rec.clone(), config, self.design.knobs())));
         self.rec.event(Some(id), "created");
         id
     }
@@ -161,6 +195,86 @@ impl Kvm {
     /// `KVM_UNREGISTER_COALESCED_MMIO` on VM `vm`.
     pub fn unregister_coalesced_mmio(&self, vm: usize, zone: &KvmCoalescedMmioZone) -> Result<(), Errno> {
         self.vm_or_ebadf(vm)?.unregister_coalesced_mmio(zone)
+    }
+
+    /// `KVM_CREATE_IOREGIONFD` (seed design only; other designs have no such ioctl: `EINVAL`).
+    pub fn ioregionfd(&self) -> Result<i32, Errno> {
+        if self.design.knobs().transport != Transport::IoregionfdObject {
+            return Err(Errno::EINVAL);
+        }
+        let mut files = self.files.lock();
+        let file = files.new_file(FileKind::Ioregionfd(Arc::new(crate::fd::IoregionfdObject::new())));
+        Ok(files.install(file))
+    }
+
+    fn host<'a>(&'a self, fget: &'a dyn Fn(i32) -> Result<Arc<File>, Errno>) -> Host<'a> {
+        Host { fget, contexts: &self.contexts }
+    }
+
+    /// `KVM_SET_IOREGION` with the rfc-v3 structure (designs rfc-v3 and proposed; `EINVAL` under
+    /// seed, whose structure differs).
+    pub fn set_ioregion_v3(&self, vm: usize, args: &KvmIoregionV3) -> Result<(), Errno> {
+        let vm = self.vm_or_ebadf(vm)?;
+        let knobs = self.design.knobs();
+        if knobs.transport != Transport::UserFds {
+            return Err(Errno::EINVAL);
+        }
+        let fget = |fd| self.fget(fd);
+        vm.io.set_ioregion_v3(&self.host(&fget), &knobs, args)
+    }
+
+    /// `KVM_SET_IOREGION` with the seed structure (seed only; `EINVAL` under other designs).
+    pub fn set_ioregion_seed(&self, vm: usize, args: &KvmIoregionSeed) -> Result<(), Errno> {
+        let vm = self.vm_or_ebadf(vm)?;
+        let knobs = self.design.knobs();
+        if knobs.transport != Transport::IoregionfdObject {
+            return Err(Errno::EINVAL);
+        }
+        let fget = |fd| self.fget(fd);
+        vm.io.set_ioregion_seed(&self.host(&fget), &knobs, args)
+    }
+
+    /// Attaches the built-in memory device to the device end `fd` (commands read from `fd`,
+    /// responses written to `resp_fd`, by default `fd` too). The device holds its own references,
+    /// so closing the VMM's fds does not stop it.
+    pub fn serve(&self, fd: i32, resp_fd: Option<i32>) -> Result<(), Errno> {
+        let cmd = self.fget(fd)?;
+        let resp = match self.fget(resp_fd.unwrap_or(fd)) {
+            Ok(f) => f,
+            Err(e) => {
+                cmd.put(&self.rec);
+                return Err(e);
+            }
+        };
+        let format = self.design.knobs().wire;
+        self.served.lock().push(ServedDevice::new(cmd, resp, format, Box::new(MemoryDevice::default())));
+        self.pump();
+        Ok(())
+    }
+
+    /// Sequential model: lets every served device handle what waits for it, until none can.
+    pub fn pump(&self) {
+        let mut served = self.served.lock();
+        while served.iter_mut().map(|d| d.run(&self.rec)).sum::<usize>() > 0 {}
+    }
+
+    /// A guest access made by a new sequential vCPU of VM `vm`, with the served devices running
+    /// whenever a command is sent. `Err` for an unknown VM (`EBADF`) or an access the model cannot
+    /// make.
+    pub fn access(
+        &self,
+        vm: usize,
+        bus: BusKind,
+        addr: u64,
+        len: usize,
+        value: Option<u64>,
+    ) -> Result<Result<AccessOutcome, AccessError>, Errno> {
+        let vm = self.vm_or_ebadf(vm)?;
+        let vcpu = vm.sequential_vcpu();
+        let pump = || self.pump();
+        let outcome = vm.access_on(AccessCtx { vcpu: &vcpu, pump: Some(&pump) }, bus, addr, len, value);
+        self.pump();
+        Ok(outcome)
     }
 
     /// The structural invariants of every VM.

@@ -26,13 +26,16 @@
 
 pub mod bus;
 pub mod design;
+pub mod device;
 pub mod errno;
 pub mod fd;
 pub mod invariants;
 pub mod kvm;
+pub mod region;
 pub mod script;
 pub mod sync;
 pub mod trace;
 pub mod uapi;
+pub mod vcpu;
 pub mod vm;
 pub mod wire;

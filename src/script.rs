@@ -14,7 +14,25 @@
 //! write VM BUS ADDR LEN VALUE   -> eventfd FD | coalesced | exit mmio|pio ADDR LEN VALUE
 //! read VM BUS ADDR LEN          -> eventfd FD | exit mmio|pio ADDR LEN
 //! fail-next-alloc VM BUS                                                -> ok
+//! design seed|rfc-v3|proposed              -> ok   (only before the first vm; else err EINVAL)
+//! socketpair [stream|seqpacket] [nonblock] [buf=N]                      -> fd A B
+//! pipe [nonblock] [buf=N]                                               -> fd R W
+//! fifo [nonblock] [buf=N]                                               -> fd R W
+//! ioregionfd                                      -> fd N   (seed only; else err EINVAL)
+//! ioregion VM BUS ADDR SIZE RFD WFD [user_data=N] [posted] [deassign] [flags=N]  -> ok | err ERRNO
+//! ioregion VM BUS ADDR SIZE FD [user_data=N] [posted] [flags=N]          -> ok | err ERRNO (seed)
+//! serve FD [RESP_FD]                                                    -> ok | err ERRNO
 //! ```
+//!
+//! An access to an ioregion prints `ioregion USER_DATA read|write OFFSET LEN VALUE` when the
+//! device completed it (for a read, VALUE is what it returned), or `blocked` when the vCPU waits
+//! for something nothing in this sequential model will do (a response nobody sends, a context
+//! another blocked access holds). `serve` attaches the built-in memory device (reads return the
+//! last value written at that offset, else 0) to the device end: commands are read from FD and
+//! responses written to RESP_FD (default FD; for `seed`, the ioregionfd itself). The
+//! `ioregion` line with one FD is the seed structure (fd = -1 deletes), with RFD and WFD the
+//! rfc-v3 structure used by rfc-v3 and proposed; the other form under a design is an error of
+//! the script (exit code 2). `flags=N` ORs raw bits into the flags word.
 //!
 //! BUS is `mmio` or `pio` (`fail-next-alloc` also takes `ccw` and `fast-mmio`). File descriptor
 //! numbers are given out as a fresh process does: the lowest free number, starting at 3.
@@ -36,6 +54,7 @@
 use crate::bus::{BusKind, Insertion};
 use crate::design::Design;
 use crate::errno::Errno;
+use crate::fd::channel::{ChannelKind, PIPE_CAPACITY, SOCKET_CAPACITY};
 use crate::kvm::Kvm;
 use crate::uapi::*;
 use crate::vm::{Backend, VmConfig};
@@ -126,6 +145,67 @@ pub enum Op {
         /// Any bus.
         bus: BusKind,
     },
+    /// `design NAME`.
+    Design(Design),
+    /// `socketpair [stream|seqpacket] [nonblock] [buf=N]`, `pipe ...`, `fifo ...`.
+    Transport {
+        /// Which.
+        kind: TransportKind,
+        /// `O_NONBLOCK` on the files.
+        nonblock: bool,
+        /// Buffer size per direction (default: the kernel's).
+        buf: Option<usize>,
+    },
+    /// `ioregionfd`.
+    Ioregionfd,
+    /// `ioregion VM BUS ADDR SIZE RFD WFD ...` (rfc-v3 structure).
+    IoregionV3 {
+        /// VM number.
+        vm: usize,
+        /// The structure.
+        args: KvmIoregionV3,
+    },
+    /// `ioregion VM BUS ADDR SIZE FD ...` (seed structure).
+    IoregionSeed {
+        /// VM number.
+        vm: usize,
+        /// The structure.
+        args: KvmIoregionSeed,
+    },
+    /// `serve FD [RESP_FD]`.
+    Serve {
+        /// Where the device reads commands.
+        fd: i32,
+        /// Where it writes responses (default `fd`).
+        resp: Option<i32>,
+    },
+}
+
+/// The transports the script can create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// `socketpair(AF_UNIX, SOCK_STREAM)`.
+    Stream,
+    /// `socketpair(AF_UNIX, SOCK_SEQPACKET)`.
+    Seqpacket,
+    /// `pipe(2)`.
+    Pipe,
+    /// A FIFO opened twice.
+    Fifo,
+}
+
+fn ioregion_flag_words(bus: BusKind, posted: bool, deassign: bool, extra: u32) -> u32 {
+    let mut flags = extra;
+    if bus == BusKind::Pio {
+        flags |= KVM_IOREGION_PIO;
+    }
+    if posted {
+        flags |= KVM_IOREGION_POSTED_WRITES;
+    }
+    if deassign {
+        flags |= KVM_IOREGION_DEASSIGN;
+    }
+    flags
 }
 
 impl Op {
@@ -200,6 +280,60 @@ impl fmt::Display for Op {
             Op::Write { vm, bus, addr, len, value } => write!(f, "write {vm} {bus} {addr:#x} {len} {value:#x}"),
             Op::Read { vm, bus, addr, len } => write!(f, "read {vm} {bus} {addr:#x} {len}"),
             Op::FailNextAlloc { vm, bus } => write!(f, "fail-next-alloc {vm} {bus}"),
+            Op::Design(d) => write!(f, "design {d}"),
+            Op::Transport { kind, nonblock, buf } => {
+                f.write_str(match kind {
+                    TransportKind::Stream => "socketpair stream",
+                    TransportKind::Seqpacket => "socketpair seqpacket",
+                    TransportKind::Pipe => "pipe",
+                    TransportKind::Fifo => "fifo",
+                })?;
+                if nonblock {
+                    f.write_str(" nonblock")?;
+                }
+                if let Some(b) = buf {
+                    write!(f, " buf={b}")?;
+                }
+                Ok(())
+            }
+            Op::Ioregionfd => f.write_str("ioregionfd"),
+            Op::IoregionV3 { vm, args } => {
+                let bus = if args.flags & KVM_IOREGION_PIO != 0 { "pio" } else { "mmio" };
+                write!(
+                    f,
+                    "ioregion {vm} {bus} {:#x} {:#x} {} {}",
+                    args.guest_paddr, args.memory_size, args.read_fd, args.write_fd
+                )?;
+                write!(f, " user_data={:#x}", args.user_data)?;
+                let extra = args.flags & !(KVM_IOREGION_PIO | KVM_IOREGION_POSTED_WRITES | KVM_IOREGION_DEASSIGN);
+                if args.flags & KVM_IOREGION_POSTED_WRITES != 0 {
+                    f.write_str(" posted")?;
+                }
+                if args.flags & KVM_IOREGION_DEASSIGN != 0 {
+                    f.write_str(" deassign")?;
+                }
+                if extra != 0 {
+                    write!(f, " flags={extra:#x}")?;
+                }
+                Ok(())
+            }
+            Op::IoregionSeed { vm, args } => {
+                let bus = if args.flags & KVM_IOREGION_PIO != 0 { "pio" } else { "mmio" };
+                write!(f, "ioregion {vm} {bus} {:#x} {:#x} {}", args.guest_paddr, args.memory_size, args.fd)?;
+                write!(f, " user_data={:#x}", args.user_data)?;
+                let extra = args.flags & !(KVM_IOREGION_PIO | KVM_IOREGION_POSTED_WRITES);
+                if args.flags & KVM_IOREGION_POSTED_WRITES != 0 {
+                    f.write_str(" posted")?;
+                }
+                if extra != 0 {
+                    write!(f, " flags={extra:#x}")?;
+                }
+                Ok(())
+            }
+            Op::Serve { fd, resp } => match resp {
+                Some(r) => write!(f, "serve {fd} {r}"),
+                None => write!(f, "serve {fd}"),
+            },
         }
     }
 }
@@ -427,6 +561,72 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, ParseError> {
                 .ok_or_else(|| ParseError(format!("BUS must be mmio, pio, ccw or fast-mmio, not `{}`", p[1])))?;
             Op::FailNextAlloc { vm: number(p[0], "VM")?, bus }
         }
+        "design" => {
+            a.allow(&["seed", "rfc-v3", "proposed"])?;
+            match a.options.as_slice() {
+                [(name, None)] => Op::Design(Design::from_name(name).expect("allowed names")),
+                _ => return err("`design` takes one of seed, rfc-v3, proposed"),
+            }
+        }
+        "socketpair" | "pipe" | "fifo" => {
+            a.expect(&[])?;
+            let kinds: &[&str] =
+                if a.verb == "socketpair" { &["stream", "seqpacket", "nonblock", "buf"] } else { &["nonblock", "buf"] };
+            a.allow(kinds)?;
+            let kind = match a.verb {
+                "pipe" => TransportKind::Pipe,
+                "fifo" => TransportKind::Fifo,
+                _ if a.flag("seqpacket")? => TransportKind::Seqpacket,
+                _ => TransportKind::Stream,
+            };
+            let buf = a.value("buf")?.map(|v| number::<usize>(v, "buf")).transpose()?;
+            if buf == Some(0) {
+                return err("buf must be at least 1");
+            }
+            Op::Transport { kind, nonblock: a.flag("nonblock")?, buf }
+        }
+        "ioregionfd" => {
+            a.expect(&[])?;
+            a.allow(&[])?;
+            Op::Ioregionfd
+        }
+        "ioregion" => {
+            let seed_form = p.len() == 5;
+            if seed_form {
+                a.expect(&["VM", "BUS", "ADDR", "SIZE", "FD"])?;
+                a.allow(&["user_data", "posted", "flags"])?;
+            } else {
+                a.expect(&["VM", "BUS", "ADDR", "SIZE", "RFD", "WFD"])?;
+                a.allow(&["user_data", "posted", "deassign", "flags"])?;
+            }
+            let vm = number(p[0], "VM")?;
+            let bus = guest_bus(p[1])?;
+            let guest_paddr = number(p[2], "ADDR")?;
+            let memory_size = number(p[3], "SIZE")?;
+            let user_data = a.value("user_data")?.map(|v| number(v, "user_data")).transpose()?.unwrap_or(0);
+            let extra = a.value("flags")?.map(|v| number(v, "flags")).transpose()?.unwrap_or(0);
+            let posted = a.flag("posted")?;
+            if seed_form {
+                let flags = ioregion_flag_words(bus, posted, false, extra);
+                let fd = number(p[4], "FD")?;
+                let args = KvmIoregionSeed { guest_paddr, memory_size, user_data, fd, flags, pad: [0; 32] };
+                Op::IoregionSeed { vm, args }
+            } else {
+                let flags = ioregion_flag_words(bus, posted, a.flag("deassign")?, extra);
+                let (read_fd, write_fd) = (number(p[4], "RFD")?, number(p[5], "WFD")?);
+                let args =
+                    KvmIoregionV3 { guest_paddr, memory_size, user_data, read_fd, write_fd, flags, pad: [0; 28] };
+                Op::IoregionV3 { vm, args }
+            }
+        }
+        "serve" => {
+            a.allow(&[])?;
+            match p.len() {
+                1 => Op::Serve { fd: number(p[0], "FD")?, resp: None },
+                2 => Op::Serve { fd: number(p[0], "FD")?, resp: Some(number(p[1], "RESP_FD")?) },
+                n => return err(format!("`serve` takes FD [RESP_FD] ({n} given)")),
+            }
+        }
         other => return err(format!("unknown operation `{other}`")),
     };
     Ok(Some(op))
@@ -445,7 +645,6 @@ pub struct Output {
 #[derive(Debug)]
 pub struct Runner {
     kvm: Kvm,
-    design: Design,
     seen: usize,
 }
 
@@ -459,17 +658,17 @@ fn ok_or_errno(r: Result<(), Errno>) -> String {
 impl Runner {
     /// A fresh system under `design`.
     pub fn new(design: Design) -> Self {
-        Runner { kvm: Kvm::new(), design, seen: 0 }
+        Runner { kvm: Kvm::with_design(design, crate::trace::Recorder::new()), seen: 0 }
     }
 
     /// A fresh system that records violations but no trace events (long runs, fuzzing).
     pub fn without_trace(design: Design) -> Self {
-        Runner { kvm: Kvm::with_recorder(crate::trace::Recorder::without_events()), design, seen: 0 }
+        Runner { kvm: Kvm::with_design(design, crate::trace::Recorder::without_events()), seen: 0 }
     }
 
     /// The design.
     pub fn design(&self) -> Design {
-        self.design
+        self.kvm.design()
     }
 
     /// The system.
@@ -477,18 +676,35 @@ impl Runner {
         &self.kvm
     }
 
-    /// Runs one operation, then the structural checks.
-    pub fn execute(&mut self, op: &Op) -> Output {
+    /// Runs one operation, then the structural checks. `Err` for an operation the design does
+    /// not have (an `ioregion` line of the other design's form): an error of the script.
+    pub fn execute(&mut self, op: &Op) -> Result<Output, ParseError> {
+        let seed = self.kvm.design() == Design::Seed;
+        match op {
+            Op::IoregionSeed { .. } if !seed => {
+                return err(format!(
+                    "the one-FD form of `ioregion` is the seed structure; this design ({}) takes RFD WFD",
+                    self.kvm.design()
+                ));
+            }
+            Op::IoregionV3 { .. } if seed => {
+                return err("the RFD WFD form of `ioregion` is the rfc-v3 structure; the seed design takes one FD");
+            }
+            _ => {}
+        }
         let result = self.result(op);
         let rec = self.kvm.recorder();
         let mut violations: Vec<String> = rec.violations_since(self.seen).iter().map(|v| v.to_string()).collect();
         self.seen = rec.violation_count();
         violations
             .extend(self.kvm.check_structure().into_iter().map(|(inv, text)| format!("violation {}: {text}", inv.id)));
-        Output { result, violations }
+        Ok(Output { result, violations })
     }
 
     fn result(&mut self, op: &Op) -> String {
+        if let Op::Design(d) = op {
+            return ok_or_errno(self.kvm.set_design(*d));
+        }
         let kvm = &self.kvm;
         let vm = |id: usize| kvm.vm(id).ok_or(Errno::EBADF);
         match *op {
@@ -512,18 +728,8 @@ impl Runner {
                     kvm.register_coalesced_mmio(vm, &zone)
                 })
             }
-            Op::Write { vm: id, bus, addr, len, value } => match vm(id) {
-                Ok(vm) => vm
-                    .access(bus, addr, len, Some(value))
-                    .map_or_else(|e| format!("err EINVAL ({e})"), |o| o.to_string()),
-                Err(e) => format!("err {e}"),
-            },
-            Op::Read { vm: id, bus, addr, len } => match vm(id) {
-                Ok(vm) => {
-                    vm.access(bus, addr, len, None).map_or_else(|e| format!("err EINVAL ({e})"), |o| o.to_string())
-                }
-                Err(e) => format!("err {e}"),
-            },
+            Op::Write { vm, bus, addr, len, value } => access(kvm.access(vm, bus, addr, len, Some(value))),
+            Op::Read { vm, bus, addr, len } => access(kvm.access(vm, bus, addr, len, None)),
             Op::FailNextAlloc { vm: id, bus } => match vm(id) {
                 Ok(vm) => {
                     vm.fail_next_alloc(bus);
@@ -531,7 +737,36 @@ impl Runner {
                 }
                 Err(e) => format!("err {e}"),
             },
+            Op::Design(_) => unreachable!("handled above"),
+            Op::Transport { kind, nonblock, buf } => {
+                let (a, b) = match kind {
+                    TransportKind::Stream => {
+                        kvm.socketpair(ChannelKind::Stream, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
+                    }
+                    TransportKind::Seqpacket => {
+                        kvm.socketpair(ChannelKind::Seqpacket, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
+                    }
+                    TransportKind::Pipe => kvm.pipe(buf.unwrap_or(PIPE_CAPACITY), nonblock),
+                    TransportKind::Fifo => kvm.fifo(buf.unwrap_or(PIPE_CAPACITY), nonblock),
+                };
+                format!("fd {a} {b}")
+            }
+            Op::Ioregionfd => match kvm.ioregionfd() {
+                Ok(fd) => format!("fd {fd}"),
+                Err(e) => format!("err {e}"),
+            },
+            Op::IoregionV3 { vm, args } => ok_or_errno(kvm.set_ioregion_v3(vm, &args)),
+            Op::IoregionSeed { vm, args } => ok_or_errno(kvm.set_ioregion_seed(vm, &args)),
+            Op::Serve { fd, resp } => ok_or_errno(kvm.serve(fd, resp)),
         }
+    }
+}
+
+fn access(r: Result<Result<crate::vm::AccessOutcome, crate::vm::AccessError>, Errno>) -> String {
+    match r {
+        Ok(Ok(outcome)) => outcome.to_string(),
+        Ok(Err(e)) => format!("err EINVAL ({e})"),
+        Err(e) => format!("err {e}"),
     }
 }
 
@@ -557,7 +792,14 @@ pub fn run_script(input: impl BufRead, out: &mut impl Write, err: &mut impl Writ
                 return 2;
             }
         };
-        let output = runner.execute(&op);
+        let output = match runner.execute(&op) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = out.flush();
+                let _ = writeln!(err, "line {}: {e}: {}", n + 1, line.trim());
+                return 2;
+            }
+        };
         let _ = writeln!(out, "{}", output.result);
         for v in &output.violations {
             let _ = writeln!(out, "{v}");

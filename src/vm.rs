@@ -8,10 +8,13 @@
 //!
 //! Every access runs inside an SRCU read section of the VM (`kvm->srcu`).
 
-use crate::bus::{BusConfig, BusKind, DispatchCtx, HandledBy, KvmIo};
+use crate::bus::{BusConfig, BusKind, DispatchCtx, HandledBy};
+use crate::design::{Design, Knobs};
 use crate::errno::Errno;
 use crate::invariants::Invariant;
-use crate::sync::Mutex;
+use crate::region::VmIo;
+use crate::sync::{Arc, Mutex};
+use crate::vcpu::Vcpu;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -104,6 +107,10 @@ pub enum AccessOutcome {
     Handled(HandledBy),
     /// It exited to userspace.
     Exit(KvmExit),
+    /// Sequential model: the vCPU waits for something nothing will ever do (why).
+    Blocked(String),
+    /// KVM_RUN returned `-EINTR` (`KVM_EXIT_INTR`) with the access saved for the next KVM_RUN.
+    Interrupted,
 }
 
 impl fmt::Display for AccessOutcome {
@@ -111,8 +118,19 @@ impl fmt::Display for AccessOutcome {
         match self {
             AccessOutcome::Handled(h) => h.fmt(f),
             AccessOutcome::Exit(e) => e.fmt(f),
+            AccessOutcome::Blocked(_) => f.write_str("blocked"),
+            AccessOutcome::Interrupted => f.write_str("intr"),
         }
     }
+}
+
+/// Who makes an access: the vCPU, and (sequential model) what lets the devices run.
+#[derive(Clone, Copy)]
+pub struct AccessCtx<'a> {
+    /// The vCPU.
+    pub vcpu: &'a Vcpu,
+    /// Runs the served devices after a command was sent (sequential model).
+    pub pump: Option<&'a dyn Fn()>,
 }
 
 /// A guest access the model cannot perform, with the reason.
@@ -161,17 +179,30 @@ impl std::error::Error for AccessError {}
 /// A VM (`struct kvm`): its buses and devices, and how accesses reach them.
 #[derive(Debug)]
 pub struct Vm {
-    /// The I/O half of the VM (buses, SRCU, slots_lock, lists, ring).
-    pub io: KvmIo,
+    /// The I/O half of the VM (buses, SRCU, slots_lock, lists, regions, ring).
+    pub io: Arc<VmIo>,
     backend: Backend,
+    knobs: Knobs,
     /// Pages with an MMIO SPTE (VMX/EPT only): accesses there take the fast path.
     mmio_sptes: Mutex<BTreeSet<u64>>,
+    next_vcpu: Mutex<usize>,
 }
 
 impl Vm {
-    /// A new VM numbered `id`, recording into `rec`.
+    /// A new VM numbered `id` under the `proposed` design, recording into `rec`.
     pub fn new(id: usize, rec: crate::trace::Recorder, config: VmConfig) -> Self {
-        Vm { io: KvmIo::new(id, rec, config.bus), backend: config.backend, mmio_sptes: Mutex::new(BTreeSet::new()) }
+        Self::with_design(id, rec, config, Design::Proposed.knobs())
+    }
+
+    /// A new VM numbered `id` under the design whose `knobs` are given.
+    pub fn with_design(id: usize, rec: crate::trace::Recorder, config: VmConfig, knobs: Knobs) -> Self {
+        Vm {
+            io: Arc::new(VmIo::new(id, rec, config.bus)),
+            backend: config.backend,
+            knobs,
+            mmio_sptes: Mutex::new(BTreeSet::new()),
+            next_vcpu: Mutex::new(0),
+        }
     }
 
     /// The VM's number.
@@ -184,7 +215,21 @@ impl Vm {
         self.backend
     }
 
-    /// A guest access on `bus` (MMIO or PIO) of `len` bytes: a write when `value` is `Some`.
+    /// The design's knobs.
+    pub fn knobs(&self) -> &Knobs {
+        &self.knobs
+    }
+
+    /// A new sequential vCPU of this VM (what would wait marks it blocked).
+    pub fn sequential_vcpu(&self) -> Vcpu {
+        let mut n = self.next_vcpu.lock();
+        let id = *n;
+        *n += 1;
+        Vcpu::new(self.io.vm, id, true)
+    }
+
+    /// A guest access on `bus` (MMIO or PIO) of `len` bytes, made by a new sequential vCPU: a
+    /// write when `value` is `Some`.
     ///
     /// ```
     /// use ioregionfd_model::bus::BusKind;
@@ -202,10 +247,20 @@ impl Vm {
         len: usize,
         value: Option<u64>,
     ) -> Result<AccessOutcome, AccessError> {
-        let mut data = [0u8; 8];
-        if let Some(v) = value {
-            data = v.to_le_bytes();
-        }
+        let vcpu = self.sequential_vcpu();
+        self.access_on(AccessCtx { vcpu: &vcpu, pump: None }, bus, addr, len, value)
+    }
+
+    /// [`access`](Self::access) made by a given vCPU (and, sequentially, with a device pump).
+    pub fn access_on(
+        &self,
+        a: AccessCtx<'_>,
+        bus: BusKind,
+        addr: u64,
+        len: usize,
+        value: Option<u64>,
+    ) -> Result<AccessOutcome, AccessError> {
+        let data = value.unwrap_or(0).to_le_bytes();
         match bus {
             BusKind::Mmio => {
                 if !matches!(len, 1 | 2 | 4 | 8) {
@@ -215,8 +270,8 @@ impl Vm {
                     return Err(AccessError::CrossesPage { addr, len });
                 }
                 Ok(match value {
-                    Some(_) => self.mmio_write(addr, &data[..len]),
-                    None => self.mmio_read(addr, len),
+                    Some(_) => self.mmio_write(a, addr, &data[..len]),
+                    None => self.mmio_read(a, addr, len),
                 })
             }
             BusKind::Pio => {
@@ -225,21 +280,21 @@ impl Vm {
                 }
                 let port = u16::try_from(addr).map_err(|_| AccessError::BadPort(addr))?;
                 Ok(match value {
-                    Some(_) => self.pio_write(port, &data[..len]),
-                    None => self.pio_read(port, len),
+                    Some(_) => self.pio_write(a, port, &data[..len]),
+                    None => self.pio_read(a, port, len),
                 })
             }
             other => Err(AccessError::NotAGuestBus(other)),
         }
     }
 
-    fn ctx(&self) -> DispatchCtx<'_> {
-        DispatchCtx { rec: &self.io.rec, vm: self.io.vm }
+    fn ctx<'a>(&'a self, a: &AccessCtx<'a>) -> DispatchCtx<'a> {
+        DispatchCtx { rec: &self.io.rec, vm: self.io.vm, vcpu: Some(a.vcpu), pump: a.pump }
     }
 
-    /// The VMX fast path: true when the page already has an MMIO SPTE and a FAST_MMIO device
-    /// took the (length 0) write; the first access to a page installs the SPTE.
-    fn fast_mmio(&self, addr: u64) -> Option<HandledBy> {
+    /// The VMX fast path: `Some` when the page already has an MMIO SPTE and a FAST_MMIO device
+    /// answered the (length 0) write; the first access to a page installs the SPTE.
+    fn fast_mmio(&self, a: &AccessCtx<'_>, addr: u64) -> Option<Result<HandledBy, Errno>> {
         if self.backend != Backend::VmxEpt {
             return None;
         }
@@ -247,76 +302,71 @@ impl Vm {
             return None;
         }
         let reader = self.io.srcu.read_lock();
-        self.io.bus(BusKind::FastMmio).write(&reader, &self.ctx(), addr, &[]).ok()
+        match self.io.bus(BusKind::FastMmio).write(&reader, &self.ctx(a), addr, &[]) {
+            Err(Errno::EOPNOTSUPP | Errno::ENOMEM) => None,
+            other => Some(other),
+        }
     }
 
-    /// A guest MMIO write (`vcpu_mmio_write`, one chunk of at most 8 bytes).
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("guest write mmio {addr:#x} len {}", data.len()));
-        let outcome = match self.fast_mmio(addr) {
-            Some(h) => AccessOutcome::Handled(h),
-            None => {
-                let reader = self.io.srcu.read_lock();
-                match self.io.bus(BusKind::Mmio).write(&reader, &self.ctx(), addr, data) {
-                    Ok(h) => AccessOutcome::Handled(h),
-                    Err(_) => AccessOutcome::Exit(KvmExit::Mmio {
-                        addr,
-                        len: data.len() as u32,
-                        data: pad8(data),
-                        is_write: true,
-                    }),
-                }
-            }
+    /// The outcome: handled, or (not handled) blocked, interrupted, or an exit to userspace.
+    fn finish(&self, result: Result<HandledBy, Errno>, a: &AccessCtx<'_>, exit: KvmExit) -> AccessOutcome {
+        let outcome = match result {
+            Ok(h) => AccessOutcome::Handled(h),
+            Err(_) => match (a.vcpu.blocked(), a.vcpu.is_interrupted()) {
+                (Some(why), _) => AccessOutcome::Blocked(why),
+                (None, true) => AccessOutcome::Interrupted,
+                (None, false) => AccessOutcome::Exit(exit),
+            },
         };
         self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
         outcome
+    }
+
+    /// A guest MMIO write (`vcpu_mmio_write`, one chunk of at most 8 bytes), inside an SRCU read
+    /// section.
+    pub fn mmio_write(&self, a: AccessCtx<'_>, addr: u64, data: &[u8]) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} write mmio {addr:#x} len {}", a.vcpu.id(), data.len()));
+        let exit = KvmExit::Mmio { addr, len: data.len() as u32, data: pad8(data), is_write: true };
+        let result = self.fast_mmio(&a, addr).unwrap_or_else(|| {
+            let reader = self.io.srcu.read_lock();
+            self.io.bus(BusKind::Mmio).write(&reader, &self.ctx(&a), addr, data)
+        });
+        self.finish(result, &a, exit)
     }
 
     /// A guest MMIO read (`vcpu_mmio_read`).
-    pub fn mmio_read(&self, addr: u64, len: usize) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("guest read mmio {addr:#x} len {len}"));
-        let outcome = match self.fast_mmio(addr) {
-            Some(h) => AccessOutcome::Handled(h),
-            None => {
-                let reader = self.io.srcu.read_lock();
-                let mut data = [0u8; 8];
-                match self.io.bus(BusKind::Mmio).read(&reader, &self.ctx(), addr, &mut data[..len]) {
-                    Ok(h) => AccessOutcome::Handled(h),
-                    Err(_) => {
-                        AccessOutcome::Exit(KvmExit::Mmio { addr, len: len as u32, data: [0; 8], is_write: false })
-                    }
-                }
-            }
-        };
-        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
-        outcome
+    pub fn mmio_read(&self, a: AccessCtx<'_>, addr: u64, len: usize) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} read mmio {addr:#x} len {len}", a.vcpu.id()));
+        let exit = KvmExit::Mmio { addr, len: len as u32, data: [0; 8], is_write: false };
+        let result = self.fast_mmio(&a, addr).unwrap_or_else(|| {
+            let reader = self.io.srcu.read_lock();
+            let mut data = [0u8; 8];
+            self.io.bus(BusKind::Mmio).read(&reader, &self.ctx(&a), addr, &mut data[..len])
+        });
+        self.finish(result, &a, exit)
     }
 
     /// A guest `out` (`kernel_pio`, count 1).
-    pub fn pio_write(&self, port: u16, data: &[u8]) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("guest out {port:#x} len {}", data.len()));
-        let reader = self.io.srcu.read_lock();
-        let outcome = match self.io.bus(BusKind::Pio).write(&reader, &self.ctx(), port as u64, data) {
-            Ok(h) => AccessOutcome::Handled(h),
-            Err(_) => AccessOutcome::Exit(KvmExit::Io { port, size: data.len() as u8, data: pad8(data), is_out: true }),
+    pub fn pio_write(&self, a: AccessCtx<'_>, port: u16, data: &[u8]) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} out {port:#x} len {}", a.vcpu.id(), data.len()));
+        let exit = KvmExit::Io { port, size: data.len() as u8, data: pad8(data), is_out: true };
+        let result = {
+            let reader = self.io.srcu.read_lock();
+            self.io.bus(BusKind::Pio).write(&reader, &self.ctx(&a), port as u64, data)
         };
-        drop(reader);
-        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
-        outcome
+        self.finish(result, &a, exit)
     }
 
     /// A guest `in` (`kernel_pio`, count 1).
-    pub fn pio_read(&self, port: u16, len: usize) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("guest in {port:#x} len {len}"));
-        let reader = self.io.srcu.read_lock();
-        let mut data = [0u8; 8];
-        let outcome = match self.io.bus(BusKind::Pio).read(&reader, &self.ctx(), port as u64, &mut data[..len]) {
-            Ok(h) => AccessOutcome::Handled(h),
-            Err(_) => AccessOutcome::Exit(KvmExit::Io { port, size: len as u8, data: [0; 8], is_out: false }),
+    pub fn pio_read(&self, a: AccessCtx<'_>, port: u16, len: usize) -> AccessOutcome {
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} in {port:#x} len {len}", a.vcpu.id()));
+        let exit = KvmExit::Io { port, size: len as u8, data: [0; 8], is_out: false };
+        let result = {
+            let reader = self.io.srcu.read_lock();
+            let mut data = [0u8; 8];
+            self.io.bus(BusKind::Pio).read(&reader, &self.ctx(&a), port as u64, &mut data[..len])
         };
-        drop(reader);
-        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
-        outcome
+        self.finish(result, &a, exit)
     }
 
     /// Makes the next array allocation on `bus` fail.
@@ -324,9 +374,11 @@ impl Vm {
         self.io.bus(bus).fail_next_alloc();
     }
 
-    /// The structural invariants of this VM.
+    /// The structural invariants of this VM (`bus`, `lifetime`, `overlap`).
     pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
-        self.io.check_structure()
+        let mut wrong = self.io.check_structure();
+        wrong.extend(self.io.check_overlap());
+        wrong
     }
 
     /// `KVM_REGISTER_COALESCED_MMIO`.

@@ -144,7 +144,7 @@ impl KvmIoDevice for CoalescedMmioDev {
         &self.life
     }
 
-    fn handled_by(&self) -> HandledBy {
+    fn handled_by(&self, _addr: u64, _data: &[u8], _is_write: bool) -> HandledBy {
         HandledBy::Coalesced
     }
 }
@@ -153,7 +153,7 @@ fn zone_bus(zone: &KvmCoalescedMmioZone) -> BusKind {
     if zone.pio != 0 { BusKind::Pio } else { BusKind::Mmio }
 }
 
-impl<X> KvmIo<X> {
+impl<X: crate::bus::ExtLists> KvmIo<X> {
     /// `KVM_REGISTER_COALESCED_MMIO`: `pio` must be 0 or 1 (`EINVAL`); one bus entry of length
     /// `size` (as an `int`); no overlap or size check; bus errors (`ENOSPC`, `ENOMEM`) returned.
     pub fn register_coalesced_mmio(&self, zone: &KvmCoalescedMmioZone) -> Result<(), Errno> {

@@ -150,6 +150,26 @@ impl Ioeventfd {
         value == self.datamatch
     }
 
+    /// The bus.
+    pub fn bus(&self) -> BusKind {
+        self.bus
+    }
+
+    /// The address or port.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The length (0: any access at the address).
+    pub fn len(&self) -> u64 {
+        self.length as u64
+    }
+
+    /// Whether the length is 0.
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+
     /// The eventfd this entry signals.
     pub fn eventfd(&self) -> &Arc<EventfdCtx> {
         &self.eventfd
@@ -185,7 +205,7 @@ impl KvmIoDevice for Ioeventfd {
         &self.life
     }
 
-    fn handled_by(&self) -> HandledBy {
+    fn handled_by(&self, _addr: u64, _data: &[u8], _is_write: bool) -> HandledBy {
         HandledBy::Ioeventfd { eventfd: self.eventfd.label }
     }
 
@@ -194,7 +214,7 @@ impl KvmIoDevice for Ioeventfd {
     }
 }
 
-impl<X> KvmIo<X> {
+impl<X: crate::bus::ExtLists> KvmIo<X> {
     /// `kvm_ioeventfd` (the `KVM_IOEVENTFD` VM ioctl). `fdget` is `eventfd_ctx_fdget` on the
     /// calling process: `EBADF` for a closed fd, `EINVAL` for a file that is not an eventfd, else
     /// the context with a new reference.
@@ -259,7 +279,9 @@ impl<X> KvmIo<X> {
             life: Lifetime::new(),
         });
         let mut slots = self.slots.lock();
-        let result = if slots.ioeventfds.iter().any(|q| q.collides(&p)) {
+        let result = if slots.ioeventfds.iter().any(|q| q.collides(&p))
+            || slots.ext.ioeventfd_collides(bus, args.addr, args.len)
+        {
             Err(Errno::EEXIST)
         } else {
             self.bus(bus).register_dev(&slots, &self.srcu, &self.rec, p.addr, p.length, p.clone())

@@ -86,6 +86,19 @@ pub enum HandledBy {
     },
     /// A coalesced zone appended the write to the ring.
     Coalesced,
+    /// An ioregion's device completed the access (for a read, `value` is what it returned).
+    Ioregion {
+        /// The region's user_data.
+        user_data: u64,
+        /// Direction.
+        is_write: bool,
+        /// Offset in the region.
+        offset: u64,
+        /// Access length.
+        len: usize,
+        /// The value written or read.
+        value: u64,
+    },
 }
 
 impl fmt::Display for HandledBy {
@@ -93,17 +106,31 @@ impl fmt::Display for HandledBy {
         match self {
             HandledBy::Ioeventfd { eventfd } => write!(f, "eventfd {eventfd}"),
             HandledBy::Coalesced => f.write_str("coalesced"),
+            HandledBy::Ioregion { user_data, is_write, offset, len, value } => {
+                let dir = if *is_write { "write" } else { "read" };
+                write!(f, "ioregion {user_data:#x} {dir} {offset:#x} {len} {value:#x}")
+            }
         }
     }
 }
 
 /// Who is dispatching an access (passed to device ops).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct DispatchCtx<'a> {
     /// The system's recorder.
     pub rec: &'a Recorder,
     /// The VM.
     pub vm: usize,
+    /// The vCPU making the access (ioregions keep their interrupted state there).
+    pub vcpu: Option<&'a crate::vcpu::Vcpu>,
+    /// Sequential model: lets the served devices run after a command was sent.
+    pub pump: Option<&'a dyn Fn()>,
+}
+
+impl fmt::Debug for DispatchCtx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DispatchCtx(vm{}, {:?})", self.vm, self.vcpu.map(|v| v.id()))
+    }
 }
 
 /// `struct kvm_io_device` and its ops. A handler returns `Ok(())` when it handled the access;
@@ -127,8 +154,8 @@ pub trait KvmIoDevice: Send + Sync + fmt::Debug {
     /// The device's lifetime (ended when it is destroyed).
     fn lifetime(&self) -> &Lifetime;
 
-    /// What the outcome of an access it handles reports.
-    fn handled_by(&self) -> HandledBy;
+    /// What the outcome of an access it handled reports (`data`: the bytes written, or read).
+    fn handled_by(&self, addr: u64, data: &[u8], is_write: bool) -> HandledBy;
 
     /// Whether the entry counts in `ioeventfd_count` (ghost knowledge for the `bus` check).
     fn is_ioeventfd(&self) -> bool {
@@ -551,7 +578,10 @@ impl IoBus {
     }
 
     /// `__kvm_io_bus_write` / `__kvm_io_bus_read`: offers the access to each matching entry from
-    /// the first one; the first device that returns `Ok` handles it.
+    /// the first one; the first device that returns `Ok` handles it. A device error other than
+    /// `EOPNOTSUPP` ends the walk and is returned (rfc-v3's change to these functions, so that an
+    /// ioregion's `-EINTR` reaches KVM_RUN; mainline devices only ever return `EOPNOTSUPP`, so for
+    /// them this is the mainline walk).
     fn dispatch(
         &self,
         bus: &BusArray,
@@ -559,13 +589,17 @@ impl IoBus {
         addr: u64,
         len: i32,
         mut op: impl FnMut(&Arc<dyn KvmIoDevice>) -> Result<(), Errno>,
-    ) -> Result<HandledBy, Errno> {
+    ) -> Result<Arc<dyn KvmIoDevice>, Errno> {
         let what = format_args!("{} bus array of vm{}", self.kind, self.vm).to_string();
         let Some(mut idx) = bus.get_first_dev(addr, len) else { return Err(Errno::EOPNOTSUPP) };
         while bus.life.check_use(ctx.rec, &what) && idx < bus.dev_count as usize && bus.key_cmp((addr, len), idx) == 0 {
             let dev = &bus.ranges[idx].dev;
-            if dev.lifetime().check_use(ctx.rec, format_args!("{dev:?}")) && op(dev).is_ok() {
-                return Ok(dev.handled_by());
+            if dev.lifetime().check_use(ctx.rec, format_args!("{dev:?}")) {
+                match op(dev) {
+                    Ok(()) => return Ok(dev.clone()),
+                    Err(Errno::EOPNOTSUPP) => {}
+                    Err(e) => return Err(e),
+                }
             }
             idx += 1;
         }
@@ -583,7 +617,8 @@ impl IoBus {
         data: &[u8],
     ) -> Result<HandledBy, Errno> {
         let bus = self.get_srcu(reader).ok_or(Errno::ENOMEM)?;
-        self.dispatch(&bus, ctx, addr, data.len() as i32, |dev| dev.write(ctx, addr, data))
+        let dev = self.dispatch(&bus, ctx, addr, data.len() as i32, |dev| dev.write(ctx, addr, data))?;
+        Ok(dev.handled_by(addr, data, true))
     }
 
     /// `kvm_io_bus_read`: as [`write`](Self::write), filling `data`.
@@ -597,7 +632,8 @@ impl IoBus {
     ) -> Result<HandledBy, Errno> {
         let bus = self.get_srcu(reader).ok_or(Errno::ENOMEM)?;
         let len = data.len() as i32;
-        self.dispatch(&bus, ctx, addr, len, |dev| dev.read(ctx, addr, data))
+        let dev = self.dispatch(&bus, ctx, addr, len, |dev| dev.read(ctx, addr, data))?;
+        Ok(dev.handled_by(addr, data, false))
     }
 }
 
@@ -649,11 +685,26 @@ pub struct Locked<X> {
     pub ext: X,
 }
 
-impl<X> Locked<X> {
+/// What the next layer keeps under `slots_lock` beside the bus layer's lists.
+pub trait ExtLists {
+    /// Drops entries whose device was destroyed (the destructors' `list_del`).
+    fn prune(&mut self) {}
+
+    /// Whether a new ioeventfd at `addr`/`len` on `bus` collides with one of these entries
+    /// (rfc-v3's addition to `ioeventfd_check_collision`).
+    fn ioeventfd_collides(&self, _bus: BusKind, _addr: u64, _len: u32) -> bool {
+        false
+    }
+}
+
+impl ExtLists for () {}
+
+impl<X: ExtLists> Locked<X> {
     /// The `list_del` that the destructors do: drops entries whose device was destroyed.
     pub fn prune_destroyed(&mut self) {
         self.ioeventfds.retain(|p| p.lifetime().is_live());
         self.coalesced_zones.retain(|z| z.lifetime().is_live());
+        self.ext.prune();
     }
 }
 
@@ -718,7 +769,7 @@ impl<X: Default> KvmIo<X> {
     }
 }
 
-impl<X> KvmIo<X> {
+impl<X: ExtLists> KvmIo<X> {
     /// `kvm->buses[kind]`.
     pub fn bus(&self, kind: BusKind) -> &IoBus {
         &self.buses[kind.index()]
@@ -854,7 +905,7 @@ mod tests {
         assert_eq!(io.register_coalesced_mmio(&ring_zone), Err(Errno::ENOMEM));
         assert_eq!(io.unregister_coalesced_mmio(&ring_zone), Ok(()));
         let reader = io.srcu.read_lock();
-        let ctx = DispatchCtx { rec: &io.rec, vm: 0 };
+        let ctx = DispatchCtx { rec: &io.rec, vm: 0, vcpu: None, pump: None };
         assert_eq!(io.bus(BusKind::Mmio).write(&reader, &ctx, 0x20, &[1]), Err(Errno::ENOMEM));
         drop(reader);
         assert!(io.rec.violations().is_empty());

@@ -30,7 +30,7 @@
 //! ```
 
 use crate::errno::Errno;
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{Condvar, Ghost, Mutex};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -96,6 +96,24 @@ struct State {
     writers: usize,
 }
 
+/// Ghost identity of the access a message belongs to (the wire protocol has no tags; the model
+/// follows each message with one to check `route` and `isolation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tag {
+    /// The VM of the access.
+    pub vm: usize,
+    /// The vCPU of the access.
+    pub vcpu: usize,
+    /// The access's number on that vCPU.
+    pub seq: u64,
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vm{} vcpu{} access {}", self.vm, self.vcpu, self.seq)
+    }
+}
+
 /// One direction of a transport.
 #[derive(Debug)]
 pub struct Channel {
@@ -103,12 +121,23 @@ pub struct Channel {
     capacity: usize,
     state: Mutex<State>,
     changed: Condvar,
+    tags: Ghost<VecDeque<Tag>>,
 }
 
 impl Channel {
     /// An empty channel holding at most `capacity` bytes, with no open end yet.
     pub fn new(kind: ChannelKind, capacity: usize) -> Self {
-        Channel { kind, capacity, state: Mutex::new(State::default()), changed: Condvar::new() }
+        Channel { kind, capacity, state: Mutex::new(State::default()), changed: Condvar::new(), tags: Ghost::default() }
+    }
+
+    /// Ghost: a message of the access `tag` entered the channel.
+    pub fn push_tag(&self, tag: Tag) {
+        self.tags.with(|t| t.push_back(tag));
+    }
+
+    /// Ghost: a whole message left the channel; the tag of the oldest one in it.
+    pub fn pop_tag(&self) -> Option<Tag> {
+        self.tags.with(|t| t.pop_front())
     }
 
     /// The kind.

@@ -93,11 +93,63 @@ pub enum FileKind {
     PipeRead(Arc<Channel>),
     /// The write end of a pipe or FIFO.
     PipeWrite(Arc<Channel>),
+    /// The seed design's ioregionfd (`KVM_CREATE_IOREGIONFD`).
+    Ioregionfd(Arc<IoregionfdObject>),
     /// Any other file (not an eventfd, not readable or writable by the model).
     Other {
         /// What it is, for messages.
         name: String,
     },
+}
+
+/// What runs when the last userspace reference of an ioregionfd goes.
+pub type ReleaseHook = Box<dyn FnOnce(&Recorder) + Send>;
+
+/// The seed design's ioregionfd, a kernel object of its own type: KVM writes commands into `cmd`
+/// and reads responses from `resp`; the userspace file reads commands and writes responses, one
+/// 32-byte message at a time. One object can serve several VMs; when its last userspace fd
+/// closes, the release hooks (registered by `KVM_SET_IOREGION`) drop every region using it.
+pub struct IoregionfdObject {
+    /// KVM to device.
+    pub cmd: Arc<Channel>,
+    /// Device to KVM.
+    pub resp: Arc<Channel>,
+    hooks: crate::sync::Mutex<Vec<ReleaseHook>>,
+}
+
+impl fmt::Debug for IoregionfdObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IoregionfdObject")
+    }
+}
+
+impl IoregionfdObject {
+    /// A new object: KVM's ends are open for good, the userspace file holds the others.
+    pub fn new() -> Self {
+        let cmd = Arc::new(Channel::new(ChannelKind::Seqpacket, channel::SOCKET_CAPACITY));
+        let resp = Arc::new(Channel::new(ChannelKind::Seqpacket, channel::SOCKET_CAPACITY));
+        cmd.open_ends(1, 1);
+        resp.open_ends(1, 1);
+        IoregionfdObject { cmd, resp, hooks: crate::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Registers what runs when the last userspace fd closes.
+    pub fn on_release(&self, hook: ReleaseHook) {
+        self.hooks.lock().push(hook);
+    }
+
+    fn release(&self, rec: &Recorder) {
+        self.cmd.close_reader();
+        self.resp.close_writer();
+        let hooks = std::mem::take(&mut *self.hooks.lock());
+        hooks.into_iter().for_each(|h| h(rec));
+    }
+}
+
+impl Default for IoregionfdObject {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A `struct file`.
@@ -124,6 +176,7 @@ impl fmt::Display for File {
             FileKind::Socket { .. } => "stream socket",
             FileKind::PipeRead(_) => "pipe read end",
             FileKind::PipeWrite(_) => "pipe write end",
+            FileKind::Ioregionfd(_) => "ioregionfd",
             FileKind::Other { name } => name,
         };
         write!(f, "file#{} ({what}, inode {})", self.id, self.inode)
@@ -185,7 +238,26 @@ impl File {
             }
             FileKind::PipeRead(c) => c.close_reader(),
             FileKind::PipeWrite(c) => c.close_writer(),
+            FileKind::Ioregionfd(obj) => obj.release(rec),
             FileKind::Other { .. } => {}
+        }
+    }
+
+    /// The channel a `read` of this file takes from (for ghost tags).
+    pub fn read_channel(&self) -> Option<&Arc<Channel>> {
+        match &self.kind {
+            FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => Some(rx),
+            FileKind::Ioregionfd(obj) => Some(&obj.cmd),
+            _ => None,
+        }
+    }
+
+    /// The channel a `write` of this file puts into (for ghost tags).
+    pub fn write_channel(&self) -> Option<&Arc<Channel>> {
+        match &self.kind {
+            FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => Some(tx),
+            FileKind::Ioregionfd(obj) => Some(&obj.resp),
+            _ => None,
         }
     }
 
@@ -197,6 +269,7 @@ impl File {
         }
         match &self.kind {
             FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => rx.read(buf, self.nonblock, wait),
+            FileKind::Ioregionfd(obj) => obj.cmd.read(buf, self.nonblock, wait),
             FileKind::Eventfd(ctx) if buf.len() >= 8 => {
                 let n = ctx.take();
                 if n == 0 {
@@ -220,6 +293,7 @@ impl File {
         }
         match &self.kind {
             FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => tx.write(buf, self.nonblock, wait),
+            FileKind::Ioregionfd(obj) => obj.resp.write(buf, self.nonblock, wait),
             _ => Transfer::Failed(Errno::EINVAL),
         }
     }
@@ -270,7 +344,7 @@ impl FdTable {
     /// A new file of `kind` on a new inode of the filesystem such files live on (one reference).
     pub fn new_file(&mut self, kind: FileKind) -> Arc<File> {
         let sb = match &kind {
-            FileKind::Eventfd(_) | FileKind::Other { .. } => Superblock::Anon,
+            FileKind::Eventfd(_) | FileKind::Ioregionfd(_) | FileKind::Other { .. } => Superblock::Anon,
             FileKind::Socket { .. } => Superblock::Sockfs,
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Superblock::Pipefs,
         };
