@@ -49,7 +49,7 @@ fn race(vmm: Vmm, reclaim: Reclaim) -> Result<(), Failure> {
             let array = vcpu_vm.io.bus(BusKind::Mmio).get_srcu(&reader);
             array.map(|a| check_bus_array(BusKind::Mmio, &a)).unwrap_or_default()
         };
-        let outcome = vcpu_vm.mmio_write(A, &1u32.to_le_bytes());
+        let outcome = vcpu_vm.access(BusKind::Mmio, A, 4, Some(1)).expect("a valid access");
         (seen.into_iter().map(|(i, t)| format!("{}: {t}", i.id)).collect::<Vec<_>>(), outcome)
     });
     let vmm_kvm = kvm.clone();
@@ -78,6 +78,7 @@ fn race(vmm: Vmm, reclaim: Reclaim) -> Result<(), Failure> {
             matches!(vmm, Vmm::Deassign | Vmm::DeassignEnomem) && count == 0,
             format!("the write to A exited ({outcome}) with eventfd A counted {count}"),
         )?,
+        other => assertion(&kvm, false, format!("an access to an ioeventfd ended {other}"))?,
     }
     let expected_vmm = match vmm {
         Vmm::Register | Vmm::Deassign | Vmm::DeassignEnomem => Ok(()),
@@ -104,7 +105,9 @@ fn churn(reclaim: Reclaim, enomem: bool) -> Result<(), Failure> {
         .into_iter()
         .map(|(n, addr)| {
             let vm = vm.clone();
-            spawn_named(&format!("vcpu{n}"), move || vm.mmio_write(addr, &1u32.to_le_bytes()))
+            spawn_named(&format!("vcpu{n}"), move || {
+                vm.access(BusKind::Mmio, addr, 4, Some(1)).expect("a valid access")
+            })
         })
         .collect();
     let k = kvm.clone();
@@ -123,6 +126,7 @@ fn churn(reclaim: Reclaim, enomem: bool) -> Result<(), Failure> {
         let ok = match outcome {
             AccessOutcome::Handled(h) => h.to_string() == format!("eventfd {efd}") && count == 1,
             AccessOutcome::Exit(_) => count == 0,
+            AccessOutcome::Blocked(_) | AccessOutcome::Interrupted => false,
         };
         assertion(&kvm, ok, format!("outcome {outcome} with eventfd {efd} counted {count}"))?;
     }

@@ -11,15 +11,16 @@
 //! [`script`] (the line-oriented interface reviewers and differential tests use).
 //!
 //! ```
+//! use ioregionfd_model::bus::BusKind;
 //! use ioregionfd_model::kvm::Kvm;
-//! use ioregionfd_model::vm::{AccessOutcome, VmConfig};
+//! use ioregionfd_model::vm::VmConfig;
 //! use ioregionfd_model::uapi::KvmIoeventfd;
 //! let kvm = Kvm::new();
 //! let vm = kvm.create_vm(VmConfig::default());
 //! let efd = kvm.eventfd();
 //! let args = KvmIoeventfd { addr: 0x1000, len: 4, fd: efd, ..Default::default() };
 //! kvm.ioeventfd(vm, &args).unwrap();
-//! let outcome = kvm.vm(vm).unwrap().mmio_write(0x1000, &7u32.to_le_bytes());
+//! let outcome = kvm.vm(vm).unwrap().access(BusKind::Mmio, 0x1000, 4, Some(7)).unwrap();
 //! assert_eq!(outcome.to_string(), format!("eventfd {efd}"));
 //! assert_eq!(kvm.eventfd_count(efd), Ok(1));
 //! ```

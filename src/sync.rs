@@ -64,6 +64,12 @@ macro_rules! std_shaped {
             }
         }
 
+        impl<T: Default> Default for Mutex<T> {
+            fn default() -> Self {
+                Mutex::new(T::default())
+            }
+        }
+
         impl<T> std::ops::Deref for MutexGuard<'_, T> {
             type Target = T;
             fn deref(&self) -> &T {
