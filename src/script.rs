@@ -2,8 +2,9 @@
 //!
 //! This is what reviewers type and what the differential tests generate. Blank lines and `#`
 //! comments print nothing. Numbers are decimal or `0x` hex on input; printed values are lowercase
-//! `0x` hex. After every operation the structural invariants are checked and each violation is
-//! printed as `violation ID: TEXT` after the result line.
+//! `0x` hex. After every operation the structural invariants are checked; a violation is printed
+//! as `violation ID: TEXT` after the result line of the operation that caused it (a structural
+//! one once, when it appears; it stands until an operation repairs it).
 //!
 //! ```text
 //! vm [backend=emulated|vmx-ept] [nr_iobus_devs=N|none] [insertion=sorted|append]  -> vm ID (from 0)
@@ -646,6 +647,7 @@ pub struct Output {
 pub struct Runner {
     kvm: Kvm,
     seen: usize,
+    standing: std::collections::BTreeSet<String>,
 }
 
 fn ok_or_errno(r: Result<(), Errno>) -> String {
@@ -658,12 +660,16 @@ fn ok_or_errno(r: Result<(), Errno>) -> String {
 impl Runner {
     /// A fresh system under `design`.
     pub fn new(design: Design) -> Self {
-        Runner { kvm: Kvm::with_design(design, crate::trace::Recorder::new()), seen: 0 }
+        Runner { kvm: Kvm::with_design(design, crate::trace::Recorder::new()), seen: 0, standing: Default::default() }
     }
 
     /// A fresh system that records violations but no trace events (long runs, fuzzing).
     pub fn without_trace(design: Design) -> Self {
-        Runner { kvm: Kvm::with_design(design, crate::trace::Recorder::without_events()), seen: 0 }
+        Runner {
+            kvm: Kvm::with_design(design, crate::trace::Recorder::without_events()),
+            seen: 0,
+            standing: Default::default(),
+        }
     }
 
     /// The design.
@@ -696,8 +702,10 @@ impl Runner {
         let rec = self.kvm.recorder();
         let mut violations: Vec<String> = rec.violations_since(self.seen).iter().map(|v| v.to_string()).collect();
         self.seen = rec.violation_count();
-        violations
-            .extend(self.kvm.check_structure().into_iter().map(|(inv, text)| format!("violation {}: {text}", inv.id)));
+        let now: std::collections::BTreeSet<String> =
+            self.kvm.check_structure().into_iter().map(|(inv, text)| format!("violation {}: {text}", inv.id)).collect();
+        violations.extend(now.difference(&self.standing).cloned());
+        self.standing = now;
         Ok(Output { result, violations })
     }
 
