@@ -59,6 +59,7 @@ impl Design {
                 ioeventfd_checks_ioregions: false,
                 size_zero: SizeZero::Refused,
                 short_transfer: ShortTransfer::Error,
+                refuses_nonblocking_fds: false,
                 on_signal: SignalRule::DeferEntry,
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
@@ -76,6 +77,7 @@ impl Design {
                 ioeventfd_checks_ioregions: true,
                 size_zero: SizeZero::PostedOnFastMmioToo,
                 short_transfer: ShortTransfer::Error,
+                refuses_nonblocking_fds: false,
                 on_signal: SignalRule::SaveAddressAndStep,
                 on_resume: ResumeRule::RedispatchAddress,
                 forced_eintr_reads_run_page: true,
@@ -93,6 +95,7 @@ impl Design {
                 ioeventfd_checks_ioregions: true,
                 size_zero: SizeZero::PostedOnFastMmioToo,
                 short_transfer: ShortTransfer::Continue,
+                refuses_nonblocking_fds: true,
                 on_signal: SignalRule::SaveTransaction,
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
@@ -227,6 +230,9 @@ pub struct Knobs {
     pub size_zero: SizeZero,
     /// What a short command or response does.
     pub short_transfer: ShortTransfer,
+    /// Whether `KVM_SET_IOREGION` refuses a read or write file opened `O_NONBLOCK` (`EINVAL`), as
+    /// RFC v2 did: KVM's transfers would get `EAGAIN` in the middle of a message.
+    pub refuses_nonblocking_fds: bool,
     /// What a signal does while a vCPU waits.
     pub on_signal: SignalRule,
     /// What the next KVM_RUN does with an interrupted access.

@@ -666,6 +666,13 @@ impl KvmIo<RegionLists> {
         } else {
             None
         };
+        if knobs.refuses_nonblocking_fds && (wfile.nonblock() || rfile.as_ref().is_some_and(|f| f.nonblock())) {
+            if let Some(rf) = &rfile {
+                rf.put(&self.rec);
+            }
+            wfile.put(&self.rec);
+            return Err(Errno::EINVAL);
+        }
         let posted = args.flags & KVM_IOREGION_POSTED_WRITES != 0;
         let mut slots = self.slots.lock();
         let mut ctx = None;
