@@ -58,6 +58,7 @@ impl Design {
                 collision: CollisionRule::SplitOnly,
                 ioeventfd_checks_ioregions: false,
                 size_zero: SizeZero::Refused,
+                sizes_fit_bus_len: false,
                 short_transfer: ShortTransfer::Error,
                 refuses_nonblocking_fds: false,
                 on_signal: SignalRule::DeferEntry,
@@ -76,6 +77,7 @@ impl Design {
                 collision: CollisionRule::V3Overlap,
                 ioeventfd_checks_ioregions: true,
                 size_zero: SizeZero::PostedOnFastMmioToo,
+                sizes_fit_bus_len: false,
                 short_transfer: ShortTransfer::Error,
                 refuses_nonblocking_fds: false,
                 on_signal: SignalRule::SaveAddressAndStep,
@@ -94,6 +96,7 @@ impl Design {
                 collision: CollisionRule::Exact,
                 ioeventfd_checks_ioregions: true,
                 size_zero: SizeZero::PostedOnFastMmioToo,
+                sizes_fit_bus_len: true,
                 short_transfer: ShortTransfer::Continue,
                 refuses_nonblocking_fds: true,
                 on_signal: SignalRule::SaveTransaction,
@@ -228,6 +231,10 @@ pub struct Knobs {
     pub ioeventfd_checks_ioregions: bool,
     /// What a size-0 region is.
     pub size_zero: SizeZero,
+    /// Whether `KVM_SET_IOREGION` and `KVM_REGISTER_COALESCED_MMIO` refuse a size above
+    /// `INT_MAX` (`EINVAL`): the bus keeps an `int` len, so a larger size is truncated (an ioregion
+    /// answers another range than it registered) or negative (the array loses its order).
+    pub sizes_fit_bus_len: bool,
     /// What a short command or response does.
     pub short_transfer: ShortTransfer,
     /// Whether `KVM_SET_IOREGION` refuses a read or write file opened `O_NONBLOCK` (`EINVAL`), as

@@ -634,6 +634,9 @@ impl KvmIo<RegionLists> {
         if args.memory_size == 0 && args.flags & KVM_IOREGION_POSTED_WRITES == 0 {
             return Err(Errno::EINVAL);
         }
+        if knobs.sizes_fit_bus_len && args.memory_size > i32::MAX as u64 {
+            return Err(Errno::EINVAL);
+        }
         self.set_ioregion_idx(host, knobs, args, bus)?;
         if args.memory_size == 0
             && bus == BusKind::Mmio
@@ -843,11 +846,27 @@ impl KvmIo<RegionLists> {
         }));
     }
 
-    /// The `overlap` structural check: no two ioregions of this VM on MMIO or PIO overlap, nor an
-    /// ioregion and an ioeventfd (exact intervals, size 0 as one byte).
-    pub fn check_overlap(&self) -> Vec<(&'static Invariant, String)> {
+    /// The structural checks of the region table: `overlap` (no two ioregions of this VM on MMIO
+    /// or PIO overlap, nor an ioregion and an ioeventfd: exact intervals, size 0 as one byte) and
+    /// `bus` (every live ioregion has its bus entry, with its own address and its size as the
+    /// entry's len: a size the `int` len cannot hold is truncated or negative).
+    pub fn check_regions(&self) -> Vec<(&'static Invariant, String)> {
         let slots = self.slots.lock();
         let mut wrong = Vec::new();
+        for r in slots.ext.all() {
+            let Some(array) = self.bus(r.bus).snapshot() else { continue };
+            let entry = array.ranges().iter().find(|e| same_region(&e.dev, r));
+            match entry {
+                Some(e) if e.addr == r.paddr && e.len as i64 as u64 == r.size => {}
+                Some(e) => wrong.push((
+                    &crate::invariants::BUS,
+                    format!("vm{}: {r:?} is on the {} bus as [{:#x} len {}]", self.vm, r.bus, e.addr, e.len),
+                )),
+                None => {
+                    wrong.push((&crate::invariants::BUS, format!("vm{}: {r:?} is not on the {} bus", self.vm, r.bus)))
+                }
+            }
+        }
         for bus in [BusKind::Mmio, BusKind::Pio] {
             let regions = slots.ext.on(bus);
             for (i, a) in regions.iter().enumerate() {
@@ -865,6 +884,11 @@ impl KvmIo<RegionLists> {
         }
         wrong
     }
+}
+
+/// Whether a bus entry's device is this region.
+fn same_region(dev: &Arc<dyn KvmIoDevice>, r: &Arc<Ioregion>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(dev), Arc::as_ptr(r))
 }
 
 impl ContextTable {

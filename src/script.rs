@@ -717,7 +717,7 @@ impl Runner {
         let vm = |id: usize| kvm.vm(id).ok_or(Errno::EBADF);
         match *op {
             Op::Vm { backend, nr_iobus_devs, insertion } => {
-                let mut config = VmConfig { backend, ..VmConfig::default() };
+                let mut config = VmConfig { backend, ..VmConfig::for_design(&kvm.design().knobs()) };
                 config.bus.nr_iobus_devs = nr_iobus_devs;
                 config.bus.insertion = insertion;
                 format!("vm {}", kvm.create_vm(config))

@@ -45,13 +45,32 @@ impl Backend {
     }
 }
 
-/// Settings of a VM.
+/// Settings of a VM. `VmConfig::default()` is today's mainline bus; [`VmConfig::for_design`]
+/// applies what a design changes in it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmConfig {
     /// How accesses reach the buses.
     pub backend: Backend,
     /// Bus settings.
     pub bus: BusConfig,
+}
+
+impl VmConfig {
+    /// The mainline settings with the design's changes to the bus (`proposed`: coalesced zones
+    /// above `INT_MAX` refused; every design: its NR_IOBUS_DEVS setting).
+    ///
+    /// ```
+    /// use ioregionfd_model::design::Design;
+    /// use ioregionfd_model::vm::VmConfig;
+    /// assert!(VmConfig::for_design(&Design::Proposed.knobs()).bus.zone_size_fits_int);
+    /// assert!(!VmConfig::for_design(&Design::RfcV3.knobs()).bus.zone_size_fits_int);
+    /// ```
+    pub fn for_design(knobs: &Knobs) -> Self {
+        let mut c = VmConfig::default();
+        c.bus.nr_iobus_devs = knobs.nr_iobus_devs;
+        c.bus.zone_size_fits_int = knobs.sizes_fit_bus_len;
+        c
+    }
 }
 
 /// The exit a guest access makes when no in-kernel device takes it.
@@ -377,7 +396,7 @@ impl Vm {
     /// The structural invariants of this VM (`bus`, `lifetime`, `overlap`).
     pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
         let mut wrong = self.io.check_structure();
-        wrong.extend(self.io.check_overlap());
+        wrong.extend(self.io.check_regions());
         wrong
     }
 

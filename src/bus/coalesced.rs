@@ -155,9 +155,10 @@ fn zone_bus(zone: &KvmCoalescedMmioZone) -> BusKind {
 
 impl<X: crate::bus::ExtLists> KvmIo<X> {
     /// `KVM_REGISTER_COALESCED_MMIO`: `pio` must be 0 or 1 (`EINVAL`); one bus entry of length
-    /// `size` (as an `int`); no overlap or size check; bus errors (`ENOSPC`, `ENOMEM`) returned.
+    /// `size` (as an `int`); no overlap or size check (unless `zone_size_fits_int`: a size above
+    /// `INT_MAX` is `EINVAL`); bus errors (`ENOSPC`, `ENOMEM`) returned.
     pub fn register_coalesced_mmio(&self, zone: &KvmCoalescedMmioZone) -> Result<(), Errno> {
-        if zone.pio > 1 {
+        if zone.pio > 1 || (self.config.zone_size_fits_int && zone.size > i32::MAX as u32) {
             return Err(Errno::EINVAL);
         }
         let dev = Arc::new(CoalescedMmioDev { zone: *zone, ring: self.ring.clone(), life: Lifetime::new() });

@@ -717,11 +717,19 @@ pub struct BusConfig {
     pub reclaim: Reclaim,
     /// Where a new entry goes.
     pub insertion: Insertion,
+    /// `KVM_REGISTER_COALESCED_MMIO` refuses a zone above `INT_MAX` bytes (`EINVAL`), so that no
+    /// entry gets a negative len (proposed; mainline accepts it).
+    pub zone_size_fits_int: bool,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { nr_iobus_devs: Some(NR_IOBUS_DEVS), reclaim: Reclaim::AfterReaders, insertion: Insertion::Sorted }
+        BusConfig {
+            nr_iobus_devs: Some(NR_IOBUS_DEVS),
+            reclaim: Reclaim::AfterReaders,
+            insertion: Insertion::Sorted,
+            zone_size_fits_int: false,
+        }
     }
 }
 
@@ -738,6 +746,8 @@ pub struct KvmIo<X = ()> {
     pub slots: SlotsLock<Locked<X>>,
     /// `kvm->coalesced_mmio.ring`.
     pub ring: Arc<coalesced::CoalescedRing>,
+    /// The bus settings the VM was made with.
+    pub config: BusConfig,
     buses: [IoBus; 4],
 }
 
@@ -764,6 +774,7 @@ impl<X: Default> KvmIo<X> {
             srcu: Srcu::new(),
             slots: SlotsLock::new(Locked::default()),
             ring: Arc::new(coalesced::CoalescedRing::new()),
+            config,
             buses: BusKind::ALL.map(bus),
         }
     }
