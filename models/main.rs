@@ -11,6 +11,7 @@
 //! the expected ones when they depend on the schedule.
 
 mod bus;
+mod ioregion;
 
 use ioregionfd_model::kvm::Kvm;
 use std::io::Write;
@@ -53,8 +54,14 @@ pub struct Failure {
 /// The verdict of one execution of a system: the first recorded violation, then the structural
 /// checks; `Ok` when everything holds.
 pub fn verdict(kvm: &Kvm) -> Result<(), Failure> {
+    verdict_after(kvm, 0)
+}
+
+/// As [`verdict`], counting only violations recorded after the first `mark` (those of the
+/// scenario's threads, not of its setup: setup findings are the sequential checks' business).
+pub fn verdict_after(kvm: &Kvm, mark: usize) -> Result<(), Failure> {
     let rec = kvm.recorder();
-    let first = rec.violations().into_iter().next().map(|v| (v.invariant.to_string(), v.text));
+    let first = rec.violations_since(mark).into_iter().next().map(|v| (v.invariant.to_string(), v.text));
     let structural = || kvm.check_structure().into_iter().next().map(|(i, t)| (i.id.to_string(), t));
     match first.or_else(structural) {
         None => Ok(()),
@@ -71,7 +78,9 @@ pub fn assertion(kvm: &Kvm, ok: bool, text: impl Into<String>) -> Result<(), Fai
 }
 
 fn catalogue() -> Vec<Scenario> {
-    bus::scenarios()
+    let mut all = bus::scenarios();
+    all.extend(ioregion::scenarios());
+    all
 }
 
 struct Row {

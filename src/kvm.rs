@@ -277,6 +277,20 @@ impl Kvm {
         Ok(outcome)
     }
 
+    /// Delivers a signal to the thread of `vcpu`: makes it pending and wakes whatever the thread
+    /// may be waiting on (every channel and context; waiters re-check their condition).
+    pub fn deliver_signal(&self, vcpu: &crate::vcpu::Vcpu) {
+        self.rec.event(Some(vcpu.vm()), format_args!("signal to vcpu{}", vcpu.id()));
+        vcpu.signal();
+        let channels = self.files.lock().channels();
+        for c in channels {
+            c.wake_all();
+        }
+        for c in self.contexts.contexts() {
+            c.wake_all();
+        }
+    }
+
     /// The structural invariants of every VM.
     pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
         self.vms().iter().flat_map(|vm| vm.check_structure()).collect()

@@ -21,9 +21,9 @@
 //! channel, taken by a dispatching vCPU.
 
 use crate::bus::{BusKind, DispatchCtx, ExtLists, HandledBy, KvmIo, KvmIoDevice, SlotsGuard, destroy_device};
-use crate::design::{CollisionRule, ContextRule, Knobs, ShortTransfer, SignalRule};
+use crate::design::{CollisionRule, ContextRule, Knobs};
 use crate::errno::Errno;
-use crate::fd::channel::{Channel, Tag, Transfer, Wait};
+use crate::fd::channel::{Channel, Transfer, Wait};
 use crate::fd::{File, FileKind, Inode, IoregionfdObject};
 use crate::invariants::{Invariant, Kref, LIFETIME, Lifetime, OVERLAP};
 use crate::sync::{Arc, Condvar, Mutex};
@@ -248,6 +248,7 @@ pub struct RegionParams {
 
 /// One ioregion: a device on one bus of one VM.
 pub struct Ioregion {
+    me: Weak<Ioregion>,
     id: u64,
     vm: usize,
     bus: BusKind,
@@ -268,6 +269,11 @@ impl Ioregion {
     /// The bus.
     pub fn bus(&self) -> BusKind {
         self.bus
+    }
+
+    /// The `Arc` this region lives in (`None` once it is gone).
+    pub fn arc(&self) -> Option<Arc<Ioregion>> {
+        self.me.upgrade()
     }
 
     /// Guest physical address (or port).
@@ -480,6 +486,7 @@ pub fn exact_overlap(start1: u64, size1: u64, start2: u64, size2: u64) -> bool {
 #[derive(Debug, Default)]
 pub struct ContextTable {
     by_inode: Mutex<HashMap<Inode, Weak<Context>>>,
+    all: Mutex<Vec<Weak<Context>>>,
     next_id: Mutex<u64>,
 }
 
@@ -488,6 +495,18 @@ impl ContextTable {
         let mut n = self.next_id.lock();
         *n += 1;
         *n
+    }
+
+    /// Registers a new context (so that a signal can wake its waiters).
+    fn add(&self, ctx: Context) -> Arc<Context> {
+        let ctx = Arc::new(ctx);
+        self.all.lock().push(Arc::downgrade(&ctx));
+        ctx
+    }
+
+    /// Every context that still exists.
+    pub fn contexts(&self) -> Vec<Arc<Context>> {
+        self.all.lock().iter().filter_map(Weak::upgrade).collect()
     }
 }
 
@@ -513,7 +532,8 @@ impl KvmIo<RegionLists> {
         params: RegionParams,
         id: u64,
     ) -> Arc<Ioregion> {
-        Arc::new(Ioregion {
+        Arc::new_cyclic(|me| Ioregion {
+            me: me.clone(),
             id,
             vm: self.vm,
             bus,
@@ -584,7 +604,7 @@ impl KvmIo<RegionLists> {
                         return Ok((ctx.clone(), true));
                     }
                 }
-                let ctx = Arc::new(Context::new(
+                let ctx = host.contexts.add(Context::new(
                     host.contexts.next_id(),
                     Some(KernelEnd::File(rfile.clone())),
                     None,
@@ -601,7 +621,8 @@ impl KvmIo<RegionLists> {
                     ctx.get(&self.rec);
                     return Ok((ctx, true));
                 }
-                let ctx = Arc::new(Context::new(host.contexts.next_id(), None, Some(key), knobs.context_kref_init));
+                let ctx =
+                    host.contexts.add(Context::new(host.contexts.next_id(), None, Some(key), knobs.context_kref_init));
                 table.insert(key, Arc::downgrade(&ctx));
                 self.rec.event(Some(self.vm), format_args!("new {ctx} for {rfile}"));
                 Ok((ctx, false))
@@ -900,35 +921,18 @@ impl ContextTable {
             ctx.get(rec);
             return ctx;
         }
-        let ctx = Arc::new(Context::new(self.next_id(), Some(KernelEnd::Object(obj.clone())), None, 1));
+        let ctx = self.add(Context::new(self.next_id(), Some(KernelEnd::Object(obj.clone())), None, 1));
         table.insert(key, Arc::downgrade(&ctx));
         ctx
     }
 }
 
-/// Tags and transfers of one transaction, for the dispatch code in `vcpu`.
-pub(crate) struct Wire {
-    pub(crate) tag: Tag,
+/// A saved transaction's reference on its context (`kref_get`).
+pub(crate) fn context_get(ctx: &Context, rec: &Recorder) {
+    ctx.get(rec);
 }
 
-impl Wire {
-    /// rfc-v3's error mapping of a failed or short transfer: a negative errno as is, a short
-    /// count `EIO`, `EAGAIN` `EINVAL`.
-    pub(crate) fn v3_error(t: Transfer) -> Errno {
-        match t {
-            Transfer::Failed(Errno::EAGAIN) => Errno::EINVAL,
-            Transfer::Failed(e) => e,
-            _ => Errno::EIO,
-        }
-    }
-}
-
-/// Whether a design continues short transfers (`ShortTransfer::Continue`).
-pub(crate) fn continues_short(knobs: &Knobs) -> bool {
-    knobs.short_transfer == ShortTransfer::Continue
-}
-
-/// Whether a design keeps waiting for the context lock after a signal and takes it (rfc-v3).
-pub(crate) fn lock_taken_on_signal(knobs: &Knobs) -> bool {
-    knobs.on_signal == SignalRule::SaveAddressAndStep
+/// Drops a saved transaction's reference on its context (`kref_put`).
+pub(crate) fn context_put(ctx: &Context, rec: &Recorder) {
+    ctx.put(rec);
 }

@@ -1,59 +1,92 @@
 //! A vCPU and the dispatch of one guest access to an ioregion (the state machine of
 //! `ioregion_read` / `ioregion_write` in rfc-v3): take the context, SEND_CMD, GET_REPLY, release.
 //!
-//! What differs between designs is read from the region's [`Knobs`](crate::design::Knobs):
+//! What differs between designs is read from the region's [`Knobs`]:
 //! - rfc-v3: a short or failed transfer is an error (`EIO` for a short count, `EAGAIN` becomes
 //!   `EINVAL`) that ends in-kernel handling; a signal during a short transfer saves
 //!   `{address, step}` and returns `-EINTR` with the context still locked; a resumed access jumps
-//!   to the saved step on whatever region its address dispatches to now, without locking; a read
-//!   on a region without a context returns having sent the command, without a response; the
-//!   context lock is taken even when the wait for it ends with a signal.
-//! - proposed: a short transfer continues from the byte reached; a signal saves the whole
-//!   transaction (region, command, bytes moved) and gives the context up only when nothing was
-//!   sent yet.
-//! - seed: transactional like proposed, over the ioregionfd object.
+//!   to the saved step on whatever region its address dispatches to now, without locking (and
+//!   re-sends all 32 bytes in SEND_CMD, dropping bytes already read in GET_REPLY); a read on a
+//!   region without a context returns having sent the command, without a response; the context
+//!   lock is taken even when the wait for it ends with a signal.
+//! - seed and proposed (transactional): a signal interrupts only at a message boundary: while
+//!   waiting for the context (nothing sent: the access starts afresh on the next KVM_RUN) or while
+//!   waiting for the first byte of the response (the transaction is saved with the region, its
+//!   context and references on its files, and continues on the next KVM_RUN, even if the region
+//!   was removed meanwhile: the device already has the command). Inside a message only a closed
+//!   end stops a transfer. Short transfers continue (proposed) or fail (seed).
 //!
 //! In the sequential model a transfer or lock that would wait forever marks the vCPU blocked
 //! ([`Vcpu::blocked`]) and the access ends there (its context stays locked; the sequential model
 //! does not keep its SRCU read section).
 
-use crate::bus::DispatchCtx;
-use crate::design::ResumeRule;
+use crate::bus::{BusKind, DispatchCtx};
+use crate::design::{Knobs, ResumeRule, ShortTransfer, SignalRule};
 use crate::errno::Errno;
 use crate::fd::channel::{Tag, Transfer, Wait};
-use crate::invariants::{ISOLATION, ROUTE, WIRE};
-use crate::region::{Ioregion, KernelEnd, LockError, RegionParams, Wire, continues_short, lock_taken_on_signal};
-use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::invariants::{ISOLATION, LIFETIME, ROUTE, WIRE};
+use crate::region::{Ioregion, KernelEnd, LockError, RegionParams};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::wire::{MESSAGE_SIZE, Response};
+use std::fmt;
+
+/// `KVM_EXIT_INTR`, as `run->exit_reason` holds it.
+pub const KVM_EXIT_INTR: u32 = 10;
+/// `KVM_EXIT_MMIO`.
+pub const KVM_EXIT_MMIO: u32 = 6;
+/// `KVM_EXIT_IO`.
+pub const KVM_EXIT_IO: u32 = 2;
 
 /// The step an interrupted access stopped in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Nothing sent yet (transactional designs: interrupted while waiting for the context).
+    NotStarted,
     /// Sending the command.
     SendCmd,
     /// Waiting for the response.
     GetReply,
 }
 
-/// The saved state of an interrupted access (rfc-v3's `vcpu->ioregion_ctx`; proposed and seed
-/// also keep the region, the command and the bytes moved).
-#[derive(Clone, Debug)]
+/// The saved state of an interrupted access: rfc-v3's `vcpu->ioregion_ctx` (address, step,
+/// direction) and, for the transactional designs, the transaction itself.
+#[derive(Clone)]
 pub struct SavedIoregion {
+    /// The bus of the access.
+    pub bus: BusKind,
     /// The access address.
     pub addr: u64,
     /// Read (`in`) or write.
     pub is_read: bool,
+    /// Access length.
+    pub len: usize,
+    /// A write's value.
+    pub value: u64,
     /// Where it stopped.
     pub step: Step,
     /// The ghost tag of the access.
     pub tag: Tag,
-    /// proposed, seed: the region of the transaction.
-    pub region: Option<Arc<Ioregion>>,
-    /// proposed, seed: the command image.
+    /// Transactional designs: the region, the command and the response bytes read so far; the
+    /// saved state holds a reference on the context and on the files (put when it completes).
+    pub txn: Option<SavedTxn>,
+}
+
+/// The part of a saved access only transactional designs keep.
+#[derive(Clone)]
+pub struct SavedTxn {
+    /// The region of the transaction.
+    pub region: Arc<Ioregion>,
+    /// What it used (its own copy: a later "modify" does not change a transaction in flight).
+    pub params: RegionParams,
+    /// The command image.
     pub command: [u8; MESSAGE_SIZE],
-    /// proposed, seed: bytes of the current step already moved.
-    pub moved: usize,
+}
+
+impl fmt::Debug for SavedIoregion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "saved({} {:#x} {:?} {})", self.bus, self.addr, self.step, self.tag)
+    }
 }
 
 /// A vCPU (`struct kvm_vcpu`), as far as dispatch sees it.
@@ -65,7 +98,9 @@ pub struct Vcpu {
     seq: AtomicU64,
     signal: AtomicBool,
     sigpipe_ignored: AtomicBool,
+    exit_reason: AtomicU32,
     saved: Mutex<Option<SavedIoregion>>,
+    pending: Mutex<Option<crate::vm::GuestAccess>>,
     blocked: Mutex<Option<String>>,
 }
 
@@ -79,7 +114,9 @@ impl Vcpu {
             seq: AtomicU64::new(0),
             signal: AtomicBool::new(false),
             sigpipe_ignored: AtomicBool::new(true),
+            exit_reason: AtomicU32::new(0),
             saved: Mutex::new(None),
+            pending: Mutex::new(None),
             blocked: Mutex::new(None),
         }
     }
@@ -104,14 +141,29 @@ impl Vcpu {
         self.signal.load(Ordering::Acquire)
     }
 
-    /// Delivers a signal to the vCPU thread.
+    /// Makes a signal pending for the vCPU thread (the caller wakes what it may wait on).
     pub fn signal(&self) {
         self.signal.store(true, Ordering::Release);
+    }
+
+    /// The vCPU thread handled its pending signal (what returning to userspace does).
+    pub fn clear_signal(&self) {
+        self.signal.store(false, Ordering::Release);
     }
 
     /// Sets whether `SIGPIPE` is ignored (the default here, as VMMs do).
     pub fn set_sigpipe_ignored(&self, ignored: bool) {
         self.sigpipe_ignored.store(ignored, Ordering::Release);
+    }
+
+    /// `run->exit_reason` in the page userspace maps: KVM writes it, and so can userspace.
+    pub fn exit_reason(&self) -> u32 {
+        self.exit_reason.load(Ordering::Acquire)
+    }
+
+    /// Writes `run->exit_reason` (KVM on an exit, or a VMM thread through its mapping).
+    pub fn set_exit_reason(&self, reason: u32) {
+        self.exit_reason.store(reason, Ordering::Release);
     }
 
     /// Whether an interrupted access is saved.
@@ -122,6 +174,15 @@ impl Vcpu {
     /// The saved interrupted access, if any.
     pub fn saved(&self) -> Option<SavedIoregion> {
         self.saved.lock().clone()
+    }
+
+    /// The access the next KVM_RUN completes first (`vcpu->arch.complete_userspace_io`), if any.
+    pub fn pending(&self) -> Option<crate::vm::GuestAccess> {
+        *self.pending.lock()
+    }
+
+    pub(crate) fn set_pending(&self, access: Option<crate::vm::GuestAccess>) {
+        *self.pending.lock() = access;
     }
 
     /// Why the vCPU cannot go on (sequential model), if it cannot.
@@ -137,7 +198,8 @@ impl Vcpu {
         *self.saved.lock() = Some(s);
     }
 
-    fn take_saved(&self) -> Option<SavedIoregion> {
+    /// Takes the saved access (the resume consumes it).
+    pub(crate) fn take_saved(&self) -> Option<SavedIoregion> {
         self.saved.lock().take()
     }
 
@@ -151,10 +213,254 @@ impl Vcpu {
     }
 }
 
-/// How one access ends inside the device op.
-enum Stop {
-    /// Return this to the bus (0 handled, an error, or `-EINTR`).
-    Return(Result<(), Errno>),
+/// One access to an ioregion in flight.
+struct Txn<'a> {
+    ctx: &'a DispatchCtx<'a>,
+    vcpu: &'a Vcpu,
+    knobs: Knobs,
+    region: &'a Ioregion,
+    p: RegionParams,
+    bus: BusKind,
+    addr: u64,
+    is_write: bool,
+    len: usize,
+    value: u64,
+    tag: Tag,
+    command: [u8; MESSAGE_SIZE],
+}
+
+impl Txn<'_> {
+    fn who(&self) -> (usize, usize) {
+        (self.vcpu.vm, self.vcpu.id)
+    }
+
+    fn transactional(&self) -> bool {
+        self.knobs.on_signal != SignalRule::SaveAddressAndStep
+    }
+
+    fn unlock(&self) {
+        if let Some(c) = &self.p.ctx {
+            c.unlock(self.ctx.rec, self.who());
+        }
+    }
+
+    fn saved(&self, step: Step, txn: Option<SavedTxn>) -> SavedIoregion {
+        SavedIoregion {
+            bus: self.bus,
+            addr: self.addr,
+            is_read: !self.is_write,
+            len: self.len,
+            value: self.value,
+            step,
+            tag: self.tag,
+            txn,
+        }
+    }
+
+    /// Transactional designs: the transaction is saved with references on what it uses.
+    fn save_transaction(&self, step: Step) {
+        let rec = self.ctx.rec;
+        if let Some(c) = &self.p.ctx {
+            crate::region::context_get(c, rec);
+        }
+        for f in self.files() {
+            f.get(rec);
+        }
+        let region = self.region.arc().expect("a region being dispatched is live");
+        let txn = SavedTxn { region, params: self.p.clone(), command: self.command };
+        self.vcpu.save(self.saved(step, Some(txn)));
+    }
+
+    fn files(&self) -> Vec<Arc<crate::fd::File>> {
+        let mut v = Vec::new();
+        if let KernelEnd::File(f) = &self.p.cmd {
+            v.push(f.clone());
+        }
+        if let Some(f) = &self.p.rfile {
+            v.push(f.clone());
+        }
+        if let Some(KernelEnd::File(f)) = self.p.ctx.as_ref().and_then(|c| c.response_end()) {
+            v.push(f.clone());
+        }
+        v
+    }
+
+    /// Drops what [`save_transaction`](Self::save_transaction) took.
+    fn release_saved(&self) {
+        let rec = self.ctx.rec;
+        for f in self.files() {
+            f.put(rec);
+        }
+        if let Some(c) = &self.p.ctx {
+            crate::region::context_put(c, rec);
+        }
+    }
+
+    /// SEND_CMD from byte `moved`. `None`: sent; `Some(r)`: the dispatch ends with `r`.
+    fn send(&self, mut moved: usize) -> Option<Result<(), Errno>> {
+        let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        if let Some(ch) = self.p.cmd.command_channel() {
+            ch.push_tag(self.tag);
+        }
+        let interruptible = || vcpu.signal_pending();
+        let uninterrupted = || false;
+        loop {
+            // Transactional designs finish a message once begun: only a closed end stops it.
+            let pending: &(dyn Fn() -> bool + Sync) =
+                if self.transactional() && moved > 0 { &uninterrupted } else { &interruptible };
+            let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending } };
+            let t = self.p.cmd.write(rec, &self.command[moved..], &wait);
+            if t == Transfer::Failed(Errno::EPIPE) {
+                vcpu.sigpipe(self.ctx);
+            }
+            if let Transfer::Done(n) = t {
+                moved += n;
+            }
+            if moved == MESSAGE_SIZE {
+                return None;
+            }
+            if let Transfer::WouldBlock { moved: m } = t {
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} blocks in SEND_CMD after {} bytes", vcpu.id, moved + m));
+                vcpu.block(format!("vcpu{} blocks sending its command", vcpu.id));
+                return Some(Err(Errno::EINTR));
+            }
+            if vcpu.signal_pending() && (!self.transactional() || moved == 0) {
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in SEND_CMD after {moved} bytes", vcpu.id));
+                if self.transactional() {
+                    // Nothing sent: the access starts afresh on the next KVM_RUN.
+                    self.unlock();
+                    vcpu.save(self.saved(Step::NotStarted, None));
+                } else {
+                    vcpu.save(self.saved(Step::SendCmd, None));
+                }
+                return Some(Err(Errno::EINTR));
+            }
+            let short_ok =
+                self.knobs.short_transfer == ShortTransfer::Continue && matches!(t, Transfer::Done(n) if n > 0);
+            if !short_ok {
+                let e = v3_error(t);
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} SEND_CMD fails ({t:?}): {e}", vcpu.id));
+                self.unlock();
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// GET_REPLY from byte `got` of `buf`.
+    fn get_reply(&self, buf: &mut [u8; MESSAGE_SIZE], mut got: usize) -> Result<Response, Result<(), Errno>> {
+        let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        let end: Option<KernelEnd> = match (&self.p.rfile, &self.p.ctx) {
+            (Some(rf), _) => Some(KernelEnd::File(rf.clone())),
+            (None, Some(c)) => c.response_end().cloned(),
+            (None, None) => None,
+        };
+        let Some(end) = end else {
+            rec.violation(&LIFETIME, "NULL dereference: GET_REPLY on a region without a context");
+            return Err(Err(Errno::EFAULT));
+        };
+        let interruptible = || vcpu.signal_pending();
+        let uninterrupted = || false;
+        loop {
+            let pending: &(dyn Fn() -> bool + Sync) =
+                if self.transactional() && got > 0 { &uninterrupted } else { &interruptible };
+            let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending } };
+            let t = end.read(rec, &mut buf[got..], &wait);
+            let now = if let Transfer::Done(n) = t { n } else { 0 };
+            got += now;
+            if got == MESSAGE_SIZE {
+                break;
+            }
+            if let Transfer::WouldBlock { .. } = t {
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} blocks in GET_REPLY after {got} bytes", vcpu.id));
+                vcpu.block(format!("vcpu{} waits for a response nobody will send", vcpu.id));
+                return Err(Err(Errno::EINTR));
+            }
+            if vcpu.signal_pending() && (!self.transactional() || got == 0) {
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
+                if self.transactional() {
+                    self.save_transaction(Step::GetReply);
+                } else {
+                    // rfc-v3: the bytes already read are dropped.
+                    vcpu.save(self.saved(Step::GetReply, None));
+                }
+                return Err(Err(Errno::EINTR));
+            }
+            if self.knobs.short_transfer != ShortTransfer::Continue || now == 0 {
+                let e = v3_error(if got > 0 { Transfer::Done(got) } else { t });
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.id));
+                self.unlock();
+                return Err(Err(e));
+            }
+        }
+        let responder = end.response_channel().and_then(|c| c.pop_tag());
+        match responder {
+            Some(t) if t == self.tag => {}
+            Some(t) => {
+                let inv = if t.vm != self.tag.vm { &ISOLATION } else { &ROUTE };
+                rec.violation(inv, format_args!("{} completes with the response to {t}", self.tag));
+            }
+            None => rec.violation(&ROUTE, format_args!("{} completes with a response to no command", self.tag)),
+        }
+        match Response::decode(buf) {
+            Ok(r) => {
+                rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY data {:#x}", vcpu.id, r.data));
+                Ok(r)
+            }
+            Err(e) => {
+                rec.violation(&WIRE, format_args!("{} reads a malformed response: {e}", self.tag));
+                Ok(Response { data: u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) })
+            }
+        }
+    }
+
+    /// Runs the transaction from `step`; fills `data` for a read.
+    fn run(&self, step: Step, data: &mut [u8]) -> Result<(), Errno> {
+        if step == Step::SendCmd {
+            let cmd = crate::wire::Command::decode(self.knobs.wire, &self.command).ok();
+            self.ctx.rec.event(
+                Some(self.vcpu.vm),
+                format_args!(
+                    "vcpu{} SEND_CMD {} to {:?}",
+                    self.vcpu.id,
+                    cmd.map_or_else(|| "?".to_string(), |c| c.to_string()),
+                    self.p.cmd
+                ),
+            );
+            if let Some(r) = self.send(0) {
+                return r;
+            }
+            if !self.is_write && self.p.ctx.is_none() {
+                return Ok(());
+            }
+            if let Some(pump) = self.ctx.pump {
+                pump();
+            }
+        }
+        if !self.is_write || !self.p.posted {
+            let mut buf = [0u8; MESSAGE_SIZE];
+            match self.get_reply(&mut buf, 0) {
+                Ok(resp) => {
+                    if !self.is_write {
+                        let n = data.len();
+                        data.copy_from_slice(&resp.data.to_le_bytes()[..n]);
+                    }
+                }
+                Err(r) => return r,
+            }
+        }
+        self.unlock();
+        Ok(())
+    }
+}
+
+/// rfc-v3's error mapping of a failed or short transfer: a negative errno as is, a short count
+/// `EIO`, `EAGAIN` `EINVAL`.
+fn v3_error(t: Transfer) -> Errno {
+    match t {
+        Transfer::Failed(Errno::EAGAIN) => Errno::EINVAL,
+        Transfer::Failed(e) => e,
+        _ => Errno::EIO,
+    }
 }
 
 /// Dispatches one access to `region` (the ioregion device's read and write ops).
@@ -167,215 +473,93 @@ pub(crate) fn ioregion_access(
 ) -> Result<(), Errno> {
     let Some(vcpu) = ctx.vcpu else { return Err(Errno::EOPNOTSUPP) };
     let knobs = *region.knobs();
-    let who = (vcpu.vm, vcpu.id);
-    let pending = || vcpu.signal_pending();
-    let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
     let p = region.params();
+    let mut value = [0u8; 8];
+    if is_write {
+        value[..data.len()].copy_from_slice(data);
+    }
 
     // rfc-v3: an interrupted access jumps straight to its saved step, lock still held.
-    let mut resumed = None;
-    if knobs.on_resume == ResumeRule::RedispatchAddress
-        && let Some(saved) = vcpu.take_saved()
-    {
-        ctx.rec.event(
-            Some(vcpu.vm),
-            format_args!("vcpu{} resumes {:#x} at {:?} on {region:?}", vcpu.id, saved.addr, saved.step),
-        );
-        resumed = Some(saved);
+    let resumed = match knobs.on_resume {
+        ResumeRule::RedispatchAddress => vcpu.take_saved(),
+        ResumeRule::SameTransaction => None,
+    };
+    if let Some(s) = &resumed {
+        ctx.rec
+            .event(Some(vcpu.vm), format_args!("vcpu{} resumes {:#x} at {:?} on {region:?}", vcpu.id, s.addr, s.step));
     }
-    let tag = resumed.as_ref().map_or_else(|| vcpu.next_tag(), |s| s.tag);
+    let Some(cmd) = region.command(is_write, addr, data, &p) else {
+        if resumed.is_none() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if let Some(c) = &p.ctx {
+            c.unlock(ctx.rec, (vcpu.vm, vcpu.id));
+        }
+        return Err(Errno::EOPNOTSUPP);
+    };
+    let txn = Txn {
+        ctx,
+        vcpu,
+        knobs,
+        region,
+        p: p.clone(),
+        bus: region.bus(),
+        addr,
+        is_write,
+        len: data.len(),
+        value: u64::from_le_bytes(value),
+        tag: resumed.as_ref().map_or_else(|| vcpu.next_tag(), |s| s.tag),
+        command: cmd.encode(knobs.wire),
+    };
     if resumed.is_none()
         && let Some(c) = &p.ctx
     {
-        match c.lock(ctx.rec, who, &wait, lock_taken_on_signal(&knobs)) {
+        let pending = || vcpu.signal_pending();
+        let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
+        match c.lock(ctx.rec, txn.who(), &wait, knobs.on_signal == SignalRule::SaveAddressAndStep) {
             Ok(()) => {}
             Err(LockError::WouldBlock) => {
                 vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
                 return Err(Errno::EINTR);
             }
-            Err(LockError::Interrupted) => return Err(Errno::EINTR),
-        }
-    }
-    let unlock = || {
-        if let Some(c) = &p.ctx {
-            c.unlock(ctx.rec, who);
-        }
-    };
-    let Some(cmd) = region.command(is_write, addr, data, &p) else {
-        unlock();
-        return Err(Errno::EOPNOTSUPP);
-    };
-    let step = resumed.as_ref().map_or(crate::vcpu::Step::SendCmd, |s| s.step);
-    let w = Wire { tag };
-
-    if step == Step::SendCmd {
-        let image = cmd.encode(knobs.wire);
-        ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} SEND_CMD {cmd} to {:?}", vcpu.id, p.cmd));
-        match send(ctx, vcpu, &knobs, &p, &image, &wait, &w, addr, !is_write) {
-            None => {}
-            Some(Stop::Return(r)) => {
-                if !matches!(r, Err(Errno::EINTR)) {
-                    unlock();
-                }
-                return r;
-            }
-        }
-        if !is_write && p.ctx.is_none() {
-            return Ok(());
-        }
-        if let Some(pump) = ctx.pump {
-            pump();
-        }
-    }
-    if !is_write || !p.posted {
-        match get_reply(ctx, vcpu, &knobs, &p, &wait, &w, addr, !is_write) {
-            Ok(resp) => {
-                if !is_write {
-                    let bytes = resp.data.to_le_bytes();
-                    let n = data.len();
-                    data.copy_from_slice(&bytes[..n]);
-                }
-            }
-            Err(Stop::Return(r)) => {
-                if !matches!(r, Err(Errno::EINTR)) {
-                    unlock();
-                }
-                return r;
+            Err(LockError::Interrupted) => {
+                vcpu.save(txn.saved(Step::NotStarted, None));
+                return Err(Errno::EINTR);
             }
         }
     }
-    unlock();
-    Ok(())
+    let step = resumed.map_or(Step::SendCmd, |s| s.step);
+    txn.run(step, data)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn send(
-    ctx: &DispatchCtx<'_>,
-    vcpu: &Vcpu,
-    knobs: &crate::design::Knobs,
-    p: &RegionParams,
-    image: &[u8; MESSAGE_SIZE],
-    wait: &Wait<'_>,
-    w: &Wire,
-    addr: u64,
-    is_read: bool,
-) -> Option<Stop> {
-    if let Some(ch) = p.cmd.command_channel() {
-        ch.push_tag(w.tag);
-    }
-    let mut moved = 0;
-    loop {
-        let t = p.cmd.write(ctx.rec, &image[moved..], wait);
-        if t == Transfer::Failed(Errno::EPIPE) {
-            vcpu.sigpipe(ctx);
-        }
-        let now = match t {
-            Transfer::Done(n) => n,
-            _ => 0,
-        };
-        moved += now;
-        if moved == MESSAGE_SIZE {
-            return None;
-        }
-        if let Transfer::WouldBlock { moved: m } = t {
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} blocks in SEND_CMD after {} bytes", vcpu.id, moved + m));
-            vcpu.block(format!("vcpu{} blocks sending its command", vcpu.id));
-            return Some(Stop::Return(Err(Errno::EINTR)));
-        }
-        if vcpu.signal_pending() {
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in SEND_CMD after {moved} bytes", vcpu.id));
-            vcpu.save(SavedIoregion {
-                addr,
-                is_read,
-                step: Step::SendCmd,
-                tag: w.tag,
-                region: None,
-                command: *image,
-                moved: if continues_short(knobs) { moved } else { 0 },
-            });
-            return Some(Stop::Return(Err(Errno::EINTR)));
-        }
-        if !continues_short(knobs) || !matches!(t, Transfer::Done(n) if n > 0) {
-            let e = Wire::v3_error(t);
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} SEND_CMD fails ({t:?}): {e}", vcpu.id));
-            return Some(Stop::Return(Err(e)));
-        }
-    }
+/// Continues a saved transaction (seed, proposed) on its own region, from where it stopped.
+/// Returns what the bus would have returned, and fills `data` for a read.
+pub(crate) fn continue_transaction(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &mut [u8]) -> Result<(), Errno> {
+    let (Some(vcpu), Some(t)) = (ctx.vcpu, &saved.txn) else { return Err(Errno::EOPNOTSUPP) };
+    let txn = Txn {
+        ctx,
+        vcpu,
+        knobs: *t.region.knobs(),
+        region: &t.region,
+        p: t.params.clone(),
+        bus: saved.bus,
+        addr: saved.addr,
+        is_write: !saved.is_read,
+        len: saved.len,
+        value: saved.value,
+        tag: saved.tag,
+        command: t.command,
+    };
+    ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} continues {saved:?} on {:?}", vcpu.id, t.region));
+    let r = txn.run(saved.step, data);
+    // Done, failed, or interrupted again (a new saved state took its own references): the
+    // references of the state being continued go.
+    txn.release_saved();
+    r
 }
 
-#[allow(clippy::too_many_arguments)]
-fn get_reply(
-    ctx: &DispatchCtx<'_>,
-    vcpu: &Vcpu,
-    knobs: &crate::design::Knobs,
-    p: &RegionParams,
-    wait: &Wait<'_>,
-    w: &Wire,
-    addr: u64,
-    is_read: bool,
-) -> Result<Response, Stop> {
-    let end: Option<KernelEnd> = match (&p.rfile, &p.ctx) {
-        (Some(rf), _) => Some(KernelEnd::File(rf.clone())),
-        (None, Some(c)) => c.response_end().cloned(),
-        (None, None) => None,
-    };
-    let Some(end) = end else {
-        ctx.rec.violation(&crate::invariants::LIFETIME, "NULL dereference: GET_REPLY on a region without a context");
-        return Err(Stop::Return(Err(Errno::EFAULT)));
-    };
-    let mut buf = [0u8; MESSAGE_SIZE];
-    let mut got = 0;
-    loop {
-        let t = end.read(ctx.rec, &mut buf[got..], wait);
-        let now = match t {
-            Transfer::Done(n) => n,
-            _ => 0,
-        };
-        got += now;
-        if got == MESSAGE_SIZE {
-            break;
-        }
-        if let Transfer::WouldBlock { .. } = t {
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} blocks in GET_REPLY after {got} bytes", vcpu.id));
-            vcpu.block(format!("vcpu{} waits for a response nobody will send", vcpu.id));
-            return Err(Stop::Return(Err(Errno::EINTR)));
-        }
-        if vcpu.signal_pending() {
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
-            vcpu.save(SavedIoregion {
-                addr,
-                is_read,
-                step: Step::GetReply,
-                tag: w.tag,
-                region: None,
-                command: [0; MESSAGE_SIZE],
-                moved: if continues_short(knobs) { got } else { 0 },
-            });
-            return Err(Stop::Return(Err(Errno::EINTR)));
-        }
-        if !continues_short(knobs) || now == 0 {
-            let e = Wire::v3_error(if got > 0 { Transfer::Done(got) } else { t });
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.id));
-            return Err(Stop::Return(Err(e)));
-        }
-    }
-    let responder = end.response_channel().and_then(|c| c.pop_tag());
-    match responder {
-        Some(t) if t == w.tag => {}
-        Some(t) => {
-            let inv = if t.vm != w.tag.vm { &ISOLATION } else { &ROUTE };
-            ctx.rec.violation(inv, format_args!("{} completes with the response to {t}", w.tag));
-        }
-        None => ctx.rec.violation(&ROUTE, format_args!("{} completes with a response to no command", w.tag)),
-    }
-    match Response::decode(&buf) {
-        Ok(r) => {
-            ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY data {:#x}", vcpu.id, r.data));
-            Ok(r)
-        }
-        Err(e) => {
-            ctx.rec.violation(&WIRE, format_args!("{} reads a malformed response: {e}", w.tag));
-            Ok(Response { data: u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) })
-        }
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
     }
 }

@@ -8,8 +8,9 @@
 //!
 //! Every access runs inside an SRCU read section of the VM (`kvm->srcu`).
 
+use crate::bus::KvmIoDevice;
 use crate::bus::{BusConfig, BusKind, DispatchCtx, HandledBy};
-use crate::design::{Design, Knobs};
+use crate::design::{Design, Knobs, ResumeRule};
 use crate::errno::Errno;
 use crate::invariants::Invariant;
 use crate::region::VmIo;
@@ -130,6 +131,8 @@ pub enum AccessOutcome {
     Blocked(String),
     /// KVM_RUN returned `-EINTR` (`KVM_EXIT_INTR`) with the access saved for the next KVM_RUN.
     Interrupted,
+    /// KVM_RUN itself failed with this errno (rfc-v3: completing an interrupted access failed).
+    RunError(Errno),
 }
 
 impl fmt::Display for AccessOutcome {
@@ -139,6 +142,29 @@ impl fmt::Display for AccessOutcome {
             AccessOutcome::Exit(e) => e.fmt(f),
             AccessOutcome::Blocked(_) => f.write_str("blocked"),
             AccessOutcome::Interrupted => f.write_str("intr"),
+            AccessOutcome::RunError(e) => write!(f, "err {e}"),
+        }
+    }
+}
+
+/// One guest access: a write when `value` is `Some`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestAccess {
+    /// MMIO or PIO.
+    pub bus: BusKind,
+    /// Address or port.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: usize,
+    /// The value of a write; `None` for a read.
+    pub value: Option<u64>,
+}
+
+impl fmt::Display for GuestAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value {
+            Some(v) => write!(f, "write {} {:#x} {} {v:#x}", self.bus, self.addr, self.len),
+            None => write!(f, "read {} {:#x} {}", self.bus, self.addr, self.len),
         }
     }
 }
@@ -388,6 +414,123 @@ impl Vm {
         self.finish(result, &a, exit)
     }
 
+    /// `KVM_RUN` on vCPU `a.vcpu`: first completes the access an earlier KVM_RUN left pending
+    /// (after `-EINTR`), else makes `next`. Then, for designs that trust the run page (rfc-v3),
+    /// forces `-EINTR` while an interrupted ioregion state is saved and `run->exit_reason` reads
+    /// `KVM_EXIT_INTR`. Returning `-EINTR` hands the pending signal to userspace (it is handled).
+    ///
+    /// ```
+    /// use ioregionfd_model::bus::BusKind;
+    /// use ioregionfd_model::trace::Recorder;
+    /// use ioregionfd_model::vcpu::Vcpu;
+    /// use ioregionfd_model::vm::{AccessCtx, GuestAccess, Vm, VmConfig};
+    /// let vm = Vm::new(0, Recorder::new(), VmConfig::default());
+    /// let vcpu = Vcpu::new(0, 0, false);
+    /// let access = GuestAccess { bus: BusKind::Pio, addr: 0x60, len: 1, value: Some(1) };
+    /// let out = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, Some(access));
+    /// assert_eq!(out.to_string(), "exit pio 0x60 1 0x1");
+    /// ```
+    pub fn kvm_run(&self, a: AccessCtx<'_>, next: Option<GuestAccess>) -> AccessOutcome {
+        let vcpu = a.vcpu;
+        let outcome = match vcpu.pending() {
+            Some(p) => self.complete_pending(a, p),
+            None => match next {
+                Some(acc) => {
+                    let o = self.guest(a, acc);
+                    if o == AccessOutcome::Interrupted {
+                        vcpu.set_pending(Some(acc));
+                    }
+                    o
+                }
+                None => AccessOutcome::Interrupted,
+            },
+        };
+        let outcome = if self.knobs.forced_eintr_reads_run_page
+            && vcpu.is_interrupted()
+            && vcpu.exit_reason() == crate::vcpu::KVM_EXIT_INTR
+            && !matches!(outcome, AccessOutcome::Interrupted | AccessOutcome::Blocked(_))
+        {
+            self.io.rec.event(
+                Some(self.id()),
+                format_args!("vcpu{} KVM_RUN forces -EINTR (run->exit_reason reads KVM_EXIT_INTR)", vcpu.id()),
+            );
+            AccessOutcome::Interrupted
+        } else {
+            outcome
+        };
+        match &outcome {
+            AccessOutcome::Interrupted => {
+                vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_INTR);
+                vcpu.clear_signal();
+            }
+            AccessOutcome::Exit(KvmExit::Mmio { .. }) => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_MMIO),
+            AccessOutcome::Exit(KvmExit::Io { .. }) => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_IO),
+            _ => {}
+        }
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN returns {outcome}", vcpu.id()));
+        outcome
+    }
+
+    fn guest(&self, a: AccessCtx<'_>, acc: GuestAccess) -> AccessOutcome {
+        self.access_on(a, acc.bus, acc.addr, acc.len, acc.value)
+            .unwrap_or_else(|e| AccessOutcome::Exit(exit_of(acc, &e.to_string())))
+    }
+
+    /// Completes the access an interrupted KVM_RUN left pending, as the design does.
+    fn complete_pending(&self, a: AccessCtx<'_>, p: GuestAccess) -> AccessOutcome {
+        let vcpu = a.vcpu;
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN completes the pending {p}", vcpu.id()));
+        match self.knobs.on_resume {
+            ResumeRule::RedispatchAddress => {
+                // complete_ioregion_mmio / complete_ioregion_pio: dispatch the saved address again.
+                let exit = exit_of(p, "");
+                let mut data = p.value.unwrap_or(0).to_le_bytes();
+                let bus = self.io.bus(p.bus);
+                let result = {
+                    let reader = self.io.srcu.read_lock();
+                    match p.value {
+                        Some(_) => bus.write(&reader, &self.ctx(&a), p.addr, &data[..p.len]),
+                        None => bus.read(&reader, &self.ctx(&a), p.addr, &mut data[..p.len]),
+                    }
+                };
+                match result {
+                    Ok(h) => {
+                        vcpu.set_pending(None);
+                        self.finish(Ok(h), &a, exit)
+                    }
+                    Err(Errno::EOPNOTSUPP | Errno::ENOMEM) => {
+                        vcpu.set_pending(None);
+                        self.io.rec.event(
+                            Some(self.id()),
+                            format_args!("vcpu{}: no ioregion takes {p} now: made-up exit", vcpu.id()),
+                        );
+                        self.finish(Err(Errno::EOPNOTSUPP), &a, exit)
+                    }
+                    Err(e) if vcpu.blocked().is_none() && !vcpu.is_interrupted() => AccessOutcome::RunError(e),
+                    Err(e) => self.finish(Err(e), &a, exit),
+                }
+            }
+            ResumeRule::SameTransaction => {
+                let saved = vcpu.take_saved();
+                vcpu.set_pending(None);
+                let o = match saved {
+                    Some(s) if s.step == crate::vcpu::Step::GetReply && s.txn.is_some() => {
+                        let mut data = s.value.to_le_bytes();
+                        let txn = s.txn.clone().expect("transaction");
+                        let r = crate::vcpu::continue_transaction(&self.ctx(&a), &s, &mut data[..s.len]);
+                        let exit = exit_of(p, "");
+                        self.finish(r.map(|()| txn.region.handled_by(s.addr, &data[..s.len], !s.is_read)), &a, exit)
+                    }
+                    _ => self.guest(a, p),
+                };
+                if o == AccessOutcome::Interrupted {
+                    vcpu.set_pending(Some(p));
+                }
+                o
+            }
+        }
+    }
+
     /// Makes the next array allocation on `bus` fail.
     pub fn fail_next_alloc(&self, bus: BusKind) {
         self.io.bus(bus).fail_next_alloc();
@@ -408,6 +551,15 @@ impl Vm {
     /// `KVM_UNREGISTER_COALESCED_MMIO`.
     pub fn unregister_coalesced_mmio(&self, zone: &crate::uapi::KvmCoalescedMmioZone) -> Result<(), Errno> {
         self.io.unregister_coalesced_mmio(zone)
+    }
+}
+
+/// The exit an access makes when no device takes it.
+fn exit_of(acc: GuestAccess, _why: &str) -> KvmExit {
+    let data = pad8(&acc.value.unwrap_or(0).to_le_bytes()[..acc.len.min(8)]);
+    match acc.bus {
+        BusKind::Pio => KvmExit::Io { port: acc.addr as u16, size: acc.len as u8, data, is_out: acc.value.is_some() },
+        _ => KvmExit::Mmio { addr: acc.addr, len: acc.len as u32, data, is_write: acc.value.is_some() },
     }
 }
 

@@ -303,6 +303,7 @@ impl File {
 #[derive(Debug)]
 pub struct FdTable {
     files: BTreeMap<i32, Arc<File>>,
+    channels: Vec<std::sync::Weak<Channel>>,
     next_file: u64,
     next_ino: u64,
     next_tmpfs_ino: u64,
@@ -321,7 +322,13 @@ pub const FIRST_INO: u64 = 100;
 impl FdTable {
     /// An empty table.
     pub fn new() -> Self {
-        FdTable { files: BTreeMap::new(), next_file: 1, next_ino: FIRST_INO, next_tmpfs_ino: FIRST_INO }
+        FdTable {
+            files: BTreeMap::new(),
+            channels: Vec::new(),
+            next_file: 1,
+            next_ino: FIRST_INO,
+            next_tmpfs_ino: FIRST_INO,
+        }
     }
 
     fn inode(&mut self, sb: Superblock) -> Inode {
@@ -335,7 +342,21 @@ impl FdTable {
         Inode { sb, ino }
     }
 
+    /// Every channel made so far that still exists (a signal wakes their waiters).
+    pub fn channels(&self) -> Vec<Arc<Channel>> {
+        self.channels.iter().filter_map(std::sync::Weak::upgrade).collect()
+    }
+
     fn file_on(&mut self, inode: Inode, kind: FileKind, nonblock: bool) -> Arc<File> {
+        match &kind {
+            FileKind::Socket { rx, .. } => self.channels.push(Arc::downgrade(rx)),
+            FileKind::PipeRead(c) => self.channels.push(Arc::downgrade(c)),
+            FileKind::Ioregionfd(o) => {
+                self.channels.push(Arc::downgrade(&o.cmd));
+                self.channels.push(Arc::downgrade(&o.resp));
+            }
+            _ => {}
+        }
         let id = self.next_file;
         self.next_file += 1;
         Arc::new(File { id, inode, kind, nonblock, refs: Kref::new(1), life: Lifetime::new() })
