@@ -1,7 +1,7 @@
 //! ioregion scenarios: vCPUs dispatching to ioregions while device tasks answer and VMM threads
 //! change things, under each design.
 
-use super::{Expected, Failure, Scenario, verdict_after};
+use super::{Expected, Failure, Scenario, finish};
 use ioregionfd_model::bus::BusKind;
 use ioregionfd_model::design::Design;
 use ioregionfd_model::fd::File;
@@ -16,8 +16,13 @@ use ioregionfd_model::vm::{AccessCtx, AccessOutcome, GuestAccess, VmConfig};
 use ioregionfd_model::wire::{Command, Direction, MESSAGE_SIZE, Response};
 
 /// A device task on model files: answers `count` commands (reads with `0x100 * user_data +
-/// offset`), blocking, then stops. Stops early at end of file.
-fn device_task(rec: &Recorder, cmd: &File, resp: &File, design: Design, count: usize) {
+/// offset`), blocking, then stops and puts its reference on its file. Stops early at end of file.
+fn device_task(rec: &Recorder, file: Arc<File>, design: Design, count: usize) {
+    serve_commands(rec, &file, &file, design, count);
+    file.put(rec);
+}
+
+fn serve_commands(rec: &Recorder, cmd: &File, resp: &File, design: Design, count: usize) {
     let never = || false;
     let wait = Wait::Block { pending: &never };
     for _ in 0..count {
@@ -30,6 +35,9 @@ fn device_task(rec: &Recorder, cmd: &File, resp: &File, design: Design, count: u
             }
         }
         let tag = cmd.read_channel().and_then(|c| c.pop_tag());
+        if let Some(t) = tag {
+            rec.delivered(t);
+        }
         let c = match Command::decode(design.knobs().wire, &buf) {
             Ok(c) => c,
             Err(e) => {
@@ -98,8 +106,9 @@ fn two_vms_one_fd(design: Design) -> Result<(), Failure> {
     }
     let dev = kvm.fget(dfd).expect("device fd");
     let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
     let rec = kvm.recorder().clone();
-    let device = spawn_named("device", move || device_task(&rec, &dev, &dev, design, 2));
+    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
     let vcpus: Vec<_> = vms
         .iter()
         .map(|&vm| {
@@ -113,15 +122,246 @@ fn two_vms_one_fd(design: Design) -> Result<(), Failure> {
         .collect();
     let outcomes: Vec<AccessOutcome> = vcpus.into_iter().map(|h| h.join().expect("vcpu")).collect();
     device.join().expect("device");
-    verdict_after(&kvm, mark)?;
     for (i, o) in outcomes.iter().enumerate() {
         let want = format!("ioregion {:#x} read 0x0 4 {:#x}", i + 1, 0x100 * (i + 1));
-        super::assertion(&kvm, o.to_string() == want, format!("vm{i} read {o}, not {want}"))?;
+        if o.to_string() != want {
+            super::verdict_after(&kvm, mark)?;
+            super::assertion(&kvm, false, format!("vm{i} read {o}, not {want}"))?;
+        }
+    }
+    finish(&kvm, mark, true)
+}
+
+/// Registers a region of `size` at `paddr` on `bus` (v3 struct; seed struct under seed).
+fn region_on(kvm: &Kvm, vm: usize, bus: BusKind, paddr: u64, fd: i32, user_data: u64) {
+    let pio = if bus == BusKind::Pio { ioregionfd_model::uapi::KVM_IOREGION_PIO } else { 0 };
+    let r = if kvm.design() == Design::Seed {
+        let args = KvmIoregionSeed { guest_paddr: paddr, memory_size: 0x10, user_data, fd, flags: pio, pad: [0; 32] };
+        kvm.set_ioregion_seed(vm, &args)
+    } else {
+        let args = KvmIoregionV3 {
+            guest_paddr: paddr,
+            memory_size: 0x10,
+            user_data,
+            read_fd: fd,
+            write_fd: fd,
+            flags: pio,
+            pad: [0; 28],
+        };
+        kvm.set_ioregion_v3(vm, &args)
+    };
+    r.expect("setup: KVM_SET_IOREGION");
+}
+
+/// Runs `access` on a new vCPU of `vm` in its own thread, KVM_RUN after KVM_RUN while it returns
+/// `-EINTR` (at most `max_runs` times).
+fn vcpu_thread(
+    kvm: &Arc<Kvm>,
+    vm: usize,
+    id: usize,
+    access: GuestAccess,
+    max_runs: usize,
+) -> ioregionfd_model::sync::thread::JoinHandle<(Arc<Vcpu>, Vec<AccessOutcome>)> {
+    let kvm = kvm.clone();
+    let vcpu = Arc::new(Vcpu::new(vm, id, false));
+    spawn_named(&format!("vcpu{id}"), move || {
+        let vm = kvm.vm(vm).expect("vm");
+        let mut outcomes = Vec::new();
+        let mut next = Some(access);
+        for _ in 0..max_runs {
+            let o = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, next.take());
+            let again = o == AccessOutcome::Interrupted;
+            outcomes.push(o);
+            if !again {
+                break;
+            }
+        }
+        (vcpu, outcomes)
+    })
+}
+
+/// One fd serves a PIO region and an MMIO region of one VM; a vCPU reads each.
+fn pio_and_mmio_one_fd(design: Design) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = transport(&kvm);
+    region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
+    region_on(&kvm, vm, BusKind::Pio, 0x60, kfd, 2);
+    let dev = kvm.fget(dfd).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let rec = kvm.recorder().clone();
+    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
+    let b = vcpu_thread(&kvm, vm, 1, GuestAccess { bus: BusKind::Pio, addr: 0x60, len: 4, value: None }, 1);
+    let (oa, ob) = (a.join().expect("vcpu0").1, b.join().expect("vcpu1").1);
+    device.join().expect("device");
+    expect_outcome(&kvm, mark, &oa, "ioregion 0x1 read 0x0 4 0x100")?;
+    expect_outcome(&kvm, mark, &ob, "ioregion 0x2 read 0x0 4 0x200")?;
+    finish(&kvm, mark, true)
+}
+
+fn expect_outcome(kvm: &Kvm, mark: usize, got: &[AccessOutcome], want: &str) -> Result<(), Failure> {
+    let last = got.last().map(|o| o.to_string()).unwrap_or_default();
+    if last != want {
+        super::verdict_after(kvm, mark)?;
+        super::assertion(kvm, false, format!("an access ended {last}, not {want} (outcomes {got:?})"))?;
     }
     Ok(())
 }
 
+/// vCPU 0 waits for its reply; vCPU 1 (same VM, same fd) waits for the context; the VMM signals
+/// vCPU 1, which runs KVM_RUN again after `-EINTR`; the device answers both.
+fn signal_waiting_for_context(design: Design) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = transport(&kvm);
+    region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
+    let dev = kvm.fget(dfd).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let rec = kvm.recorder().clone();
+    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 3);
+    let kvm2 = kvm.clone();
+    let vcpu1 = Arc::new(Vcpu::new(vm, 1, false));
+    let v1 = vcpu1.clone();
+    let b = spawn_named("vcpu1", move || {
+        let vm = kvm2.vm(vm).expect("vm");
+        let mut outcomes = Vec::new();
+        let mut next = Some(read_access(0x1004));
+        for _ in 0..3 {
+            let o = vm.kvm_run(AccessCtx { vcpu: &v1, pump: None }, next.take());
+            let again = o == AccessOutcome::Interrupted;
+            outcomes.push(o);
+            if !again {
+                break;
+            }
+        }
+        outcomes
+    });
+    kvm.deliver_signal(&vcpu1);
+    let oa = a.join().expect("vcpu0").1;
+    let ob = b.join().expect("vcpu1");
+    device.join().expect("device");
+    expect_outcome(&kvm, mark, &oa, "ioregion 0x1 read 0x0 4 0x100")?;
+    expect_outcome(&kvm, mark, &ob, "ioregion 0x1 read 0x4 4 0x104")?;
+    finish(&kvm, mark, true)
+}
+
+/// A vCPU is interrupted while it waits for its reply; before it runs again the VMM replaces the
+/// region at that address by another one on another fd; then the vCPU resumes.
+fn region_replaced_before_resume(design: Design) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm_id = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = transport(&kvm);
+    let (kfd2, dfd2) = transport(&kvm);
+    region_on(&kvm, vm_id, BusKind::Mmio, 0x1000, kfd, 1);
+    let dev = kvm.fget(dfd).expect("device fd");
+    let dev2 = kvm.fget(dfd2).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let vm = kvm.vm(vm_id).expect("vm");
+    let vcpu = Vcpu::new(vm_id, 0, false);
+    // Interrupted before the device answers: the signal is already pending when it waits.
+    kvm.deliver_signal(&vcpu);
+    let first = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, Some(read_access(0x1000)));
+    // The VMM replaces the region; both devices answer what they get.
+    remove_region(&kvm, vm_id, 0x1000);
+    region_on(&kvm, vm_id, BusKind::Mmio, 0x1000, kfd2, 2);
+    // No access reaches the new region, so nothing serves it.
+    dev2.put(kvm.recorder());
+    let rec = kvm.recorder().clone();
+    let d1 = spawn_named("device", move || device_task(&rec, dev, design, 1));
+    let mut outcomes = vec![first];
+    for _ in 0..3 {
+        let o = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, None);
+        let again = o == AccessOutcome::Interrupted;
+        outcomes.push(o);
+        if !again {
+            break;
+        }
+    }
+    // Let the device finish: tear the system down (KVM's references go with the VM).
+    kvm.teardown();
+    d1.join().expect("device");
+    super::verdict_after(&kvm, mark)?;
+    let last = outcomes.last().map(|o| o.to_string()).unwrap_or_default();
+    let ok = last == "ioregion 0x1 read 0x0 4 0x100" || last.starts_with("exit mmio 0x1000 4");
+    super::assertion(&kvm, ok, format!("the resumed access ended {last} ({outcomes:?})"))?;
+    finish(&kvm, mark, false)
+}
+
+fn remove_region(kvm: &Kvm, vm: usize, paddr: u64) {
+    let r = if kvm.design() == Design::Seed {
+        let args =
+            KvmIoregionSeed { guest_paddr: paddr, memory_size: 0x10, user_data: 0, fd: -1, flags: 0, pad: [0; 32] };
+        kvm.set_ioregion_seed(vm, &args)
+    } else {
+        let args = KvmIoregionV3 {
+            guest_paddr: paddr,
+            memory_size: 0x10,
+            user_data: 0,
+            read_fd: 0,
+            write_fd: 0,
+            flags: ioregionfd_model::uapi::KVM_IOREGION_DEASSIGN,
+            pad: [0; 28],
+        };
+        kvm.set_ioregion_v3(vm, &args)
+    };
+    r.expect("remove the region");
+}
+
+fn for_designs(
+    name: &'static str,
+    summary: &'static str,
+    run: [fn() -> Result<(), Failure>; 3],
+    expected: [Expected; 3],
+) -> Vec<Scenario> {
+    ["seed", "rfc-v3", "proposed"]
+        .into_iter()
+        .zip(run)
+        .zip(expected)
+        .map(|((design, run), expected)| Scenario { name, summary, design, expected, run })
+        .collect()
+}
+
 pub fn scenarios() -> Vec<Scenario> {
+    let mut all = base_scenarios();
+    all.extend(for_designs(
+        "pio-and-mmio-one-fd",
+        "one fd serves a PIO and an MMIO region of one VM; a vCPU reads each",
+        [
+            || pio_and_mmio_one_fd(Design::Seed),
+            || pio_and_mmio_one_fd(Design::RfcV3),
+            || pio_and_mmio_one_fd(Design::Proposed),
+        ],
+        [Expected::Holds, Expected::Violates("route"), Expected::Holds],
+    ));
+    all.extend(for_designs(
+        "signal-waiting-for-context",
+        "vcpu1 is signalled while it waits for the context vcpu0 holds, then runs KVM_RUN again",
+        [
+            || signal_waiting_for_context(Design::Seed),
+            || signal_waiting_for_context(Design::RfcV3),
+            || signal_waiting_for_context(Design::Proposed),
+        ],
+        [Expected::Holds, Expected::Violates("exclusive"), Expected::Holds],
+    ));
+    all.extend(for_designs(
+        "region-replaced-before-resume",
+        "a vCPU interrupted waiting for its reply resumes after the region was replaced",
+        [
+            || region_replaced_before_resume(Design::Seed),
+            || region_replaced_before_resume(Design::RfcV3),
+            || region_replaced_before_resume(Design::Proposed),
+        ],
+        [Expected::Holds, Expected::Violates("resume"), Expected::Holds],
+    ));
+    all
+}
+
+fn base_scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "two-vms-one-fd",

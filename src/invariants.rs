@@ -65,8 +65,52 @@ pub const WIRE: Invariant = Invariant {
     statement: "every message on the wire is 32 well-formed bytes: reserved bits zero, size and resp bits right, offset within the region, user_data of the region",
 };
 
+/// `exclusive`: on one response channel (one context) at most one response-awaiting transaction
+/// at a time, since the protocol has no tags. Checked where a vCPU takes a context another vCPU
+/// still owns.
+pub const EXCLUSIVE: Invariant = Invariant {
+    id: "exclusive",
+    statement: "on one response channel at most one response-awaiting transaction at a time",
+};
+
+/// `exactly-once`: every access is either handled by a device or exits to userspace, exactly
+/// once: no lost command, no duplicate (a resend after a partial write counts), no access both.
+/// Checked on a ghost ledger of the commands devices read and the outcome of each access.
+pub const EXACTLY_ONCE: Invariant = Invariant {
+    id: "exactly-once",
+    statement: "every access is handled by a device or exits to userspace, exactly once: no lost command, no duplicate, no access both",
+};
+
+/// `order`: one vCPU's commands on one fd arrive in program order; posted writes are not
+/// reordered. Checked by the device on the ghost tags of the commands it reads.
+pub const ORDER: Invariant = Invariant {
+    id: "order",
+    statement: "one vCPU's commands on one fd arrive in program order; posted writes are not reordered",
+};
+
+/// `resume`: a resumed access continues the same transaction on the same region, or exits to
+/// userspace with the complete access if that region is gone.
+pub const RESUME: Invariant = Invariant {
+    id: "resume",
+    statement: "a resumed access continues the same transaction on the same region, or exits with the complete access if the region is gone",
+};
+
+/// `liveness`: no deadlock; a vCPU blocked on a device that has died or closed returns from
+/// KVM_RUN; a lock is never held by a vCPU that left KVM_RUN and will not come back; no endless
+/// -EINTR loop. Deadlocks are what loom reports as such; the rest is checked at the end of a
+/// scenario.
+pub const LIVENESS: Invariant = Invariant {
+    id: "liveness",
+    statement: "no deadlock; a vCPU blocked on a dead or closed device returns from KVM_RUN; no lock held by a vCPU that left KVM_RUN for good; no endless -EINTR loop",
+};
+
+/// `no-leak`: after teardown every reference, context and region is gone.
+pub const NO_LEAK: Invariant =
+    Invariant { id: "no-leak", statement: "after teardown every reference, context and region is gone" };
+
 /// Every invariant, in report order.
-pub const CATALOGUE: &[Invariant] = &[ROUTE, ISOLATION, WIRE, LIFETIME, OVERLAP, BUS];
+pub const CATALOGUE: &[Invariant] =
+    &[ROUTE, ISOLATION, EXCLUSIVE, EXACTLY_ONCE, ORDER, WIRE, LIFETIME, NO_LEAK, RESUME, LIVENESS, OVERLAP, BUS];
 
 /// The invariant with this id.
 pub fn by_id(id: &str) -> Option<&'static Invariant> {

@@ -291,6 +291,67 @@ impl Kvm {
         }
     }
 
+    /// The end-of-run checks of a scenario whose vCPUs have all left KVM_RUN for good:
+    /// `exactly-once` on the ghost ledger (an access handled by a device was read by it once; an
+    /// access that exited was never read by a device; `devices_drained` says the devices read
+    /// everything sent to them, so a posted write nobody read is lost) and `liveness` (no context
+    /// is still held).
+    pub fn check_end(&self, devices_drained: bool) -> Vec<(&'static Invariant, String)> {
+        use crate::invariants::{EXACTLY_ONCE, LIVENESS};
+        let ledger = self.rec.ledger();
+        let mut wrong = Vec::new();
+        for (tag, by_device) in &ledger.ended {
+            let n = ledger.delivered.iter().filter(|t| *t == tag).count();
+            if *by_device && n == 0 && devices_drained {
+                wrong.push((&EXACTLY_ONCE, format!("{tag} was handled, yet no device read its command (lost)")));
+            }
+            if !*by_device && n > 0 {
+                wrong.push((&EXACTLY_ONCE, format!("{tag} exited to userspace, yet a device read its command too")));
+            }
+        }
+        for c in self.contexts.contexts().iter().filter(|c| c.is_live() && c.owners() > 0) {
+            wrong.push((&LIVENESS, format!("{c} is still held after every vCPU left KVM_RUN for good")));
+        }
+        wrong
+    }
+
+    /// Tears the system down as process exit does: every VM destroyed (its buses, devices,
+    /// regions), every fd of the process closed. The caller has dropped its own references.
+    pub fn teardown(&self) {
+        for vm in self.vms() {
+            vm.io.destroy();
+        }
+        let fds = self.files.lock().open_fds();
+        for fd in fds {
+            let _ = self.close(fd);
+        }
+        self.rec.event(None, "teardown done");
+    }
+
+    /// Closes every fd of the process (what its exit does to files), leaving the VMs.
+    pub fn teardown_fds(&self) {
+        let fds = self.files.lock().open_fds();
+        for fd in fds {
+            let _ = self.close(fd);
+        }
+    }
+
+    /// `no-leak` after [`teardown`](Self::teardown): every file released, every context freed,
+    /// every eventfd context without references.
+    pub fn check_no_leak(&self) -> Vec<(&'static Invariant, String)> {
+        use crate::invariants::NO_LEAK;
+        let mut wrong = Vec::new();
+        for f in self.files.lock().made() {
+            if f.is_live() {
+                wrong.push((&NO_LEAK, format!("{f} still has {} reference(s) after teardown", f.refs())));
+            }
+        }
+        for c in self.contexts.contexts().iter().filter(|c| c.is_live()) {
+            wrong.push((&NO_LEAK, format!("{c} is not freed after teardown (count {})", c.refs())));
+        }
+        wrong
+    }
+
     /// The structural invariants of every VM.
     pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
         self.vms().iter().flat_map(|vm| vm.check_structure()).collect()

@@ -188,6 +188,12 @@ impl Context {
             }
         }
         s.busy = true;
+        if !s.owners.is_empty() {
+            rec.violation(
+                &crate::invariants::EXCLUSIVE,
+                format_args!("vcpu{} of vm{} takes {self} while {:?} still owns it", who.1, who.0, s.owners),
+            );
+        }
         s.owners.push(who);
         rec.event(Some(who.0), format_args!("vcpu{} takes {self} (owners now {:?})", who.1, s.owners));
         Ok(())
@@ -269,6 +275,11 @@ impl Ioregion {
     /// The bus.
     pub fn bus(&self) -> BusKind {
         self.bus
+    }
+
+    /// The region's identity (never reused).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The `Arc` this region lives in (`None` once it is gone).

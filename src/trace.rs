@@ -62,6 +62,18 @@ struct Log {
     keep_events: bool,
     events: Vec<Event>,
     violations: Vec<Violation>,
+    ledger: Ledger,
+}
+
+/// The ghost ledger behind `exactly-once` and `order`: which commands devices read, and how each
+/// access ended.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    /// Tags of the commands devices read, in order.
+    pub delivered: Vec<crate::fd::channel::Tag>,
+    /// The final outcome of each access that ended: its tag and whether it was handled by an
+    /// ioregion's device (true) or exited to userspace (false).
+    pub ended: Vec<(crate::fd::channel::Tag, bool)>,
 }
 
 /// The shared event and violation log of one modelled system.
@@ -103,6 +115,39 @@ impl Recorder {
             let after_event = log.events.len();
             log.violations.push(Violation { invariant: invariant.id, text, after_event });
         });
+    }
+
+    /// Ghost: a device read the whole command of access `tag`. A command of the same vCPU that
+    /// arrives after a later one of it is an `order` violation; the same command read twice is an
+    /// `exactly-once` violation.
+    pub fn delivered(&self, tag: crate::fd::channel::Tag) {
+        let (dup, later) = self.0.with(|log| {
+            let dup = log.ledger.delivered.contains(&tag);
+            let later = log.ledger.delivered.iter().any(|t| t.vm == tag.vm && t.vcpu == tag.vcpu && t.seq > tag.seq);
+            log.ledger.delivered.push(tag);
+            (dup, later)
+        });
+        if dup {
+            self.violation(
+                &crate::invariants::EXACTLY_ONCE,
+                format_args!("the device reads the command of {tag} a second time"),
+            );
+        } else if later {
+            self.violation(
+                &crate::invariants::ORDER,
+                format_args!("the command of {tag} arrives after a later command of its vCPU"),
+            );
+        }
+    }
+
+    /// Ghost: access `tag` ended, handled by an ioregion's device or not.
+    pub fn ended(&self, tag: crate::fd::channel::Tag, by_device: bool) {
+        self.0.with(|log| log.ledger.ended.push((tag, by_device)));
+    }
+
+    /// The ledger so far.
+    pub fn ledger(&self) -> Ledger {
+        self.0.with(|log| log.ledger.clone())
     }
 
     /// Every violation recorded so far.

@@ -67,6 +67,8 @@ pub struct SavedIoregion {
     pub step: Step,
     /// The ghost tag of the access.
     pub tag: Tag,
+    /// Ghost: the region the access was interrupted on (rfc-v3's saved state does not record it).
+    pub region_id: u64,
     /// Transactional designs: the region, the command and the response bytes read so far; the
     /// saved state holds a reference on the context and on the files (put when it completes).
     pub txn: Option<SavedTxn>,
@@ -101,6 +103,7 @@ pub struct Vcpu {
     exit_reason: AtomicU32,
     saved: Mutex<Option<SavedIoregion>>,
     pending: Mutex<Option<crate::vm::GuestAccess>>,
+    current: Mutex<Option<Tag>>,
     blocked: Mutex<Option<String>>,
 }
 
@@ -117,6 +120,7 @@ impl Vcpu {
             exit_reason: AtomicU32::new(0),
             saved: Mutex::new(None),
             pending: Mutex::new(None),
+            current: Mutex::new(None),
             blocked: Mutex::new(None),
         }
     }
@@ -134,6 +138,19 @@ impl Vcpu {
     /// A new ghost tag for the next access.
     pub fn next_tag(&self) -> Tag {
         Tag { vm: self.vm, vcpu: self.id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 }
+    }
+
+    /// Starts a new guest access: a new ghost tag, which the access keeps across resumes.
+    pub fn begin_access(&self) -> Tag {
+        let tag = self.next_tag();
+        *self.current.lock() = Some(tag);
+        tag
+    }
+
+    /// The ghost tag of the access under way (a new one if none was begun).
+    pub fn current_tag(&self) -> Tag {
+        let mut c = self.current.lock();
+        *c.get_or_insert_with(|| Tag { vm: self.vm, vcpu: self.id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 })
     }
 
     /// Whether a signal is pending for the vCPU thread.
@@ -253,6 +270,7 @@ impl Txn<'_> {
             value: self.value,
             step,
             tag: self.tag,
+            region_id: self.region.id(),
             txn,
         }
     }
@@ -487,6 +505,13 @@ pub(crate) fn ioregion_access(
     if let Some(s) = &resumed {
         ctx.rec
             .event(Some(vcpu.vm), format_args!("vcpu{} resumes {:#x} at {:?} on {region:?}", vcpu.id, s.addr, s.step));
+        if s.region_id != region.id() {
+            let text = format!(
+                "{} was interrupted on ioregion#{} and resumes at {:?} on {region:?}",
+                s.tag, s.region_id, s.step
+            );
+            ctx.rec.violation(&crate::invariants::RESUME, text);
+        }
     }
     let Some(cmd) = region.command(is_write, addr, data, &p) else {
         if resumed.is_none() {
@@ -508,7 +533,7 @@ pub(crate) fn ioregion_access(
         is_write,
         len: data.len(),
         value: u64::from_le_bytes(value),
-        tag: resumed.as_ref().map_or_else(|| vcpu.next_tag(), |s| s.tag),
+        tag: resumed.as_ref().map_or_else(|| vcpu.current_tag(), |s| s.tag),
         command: cmd.encode(knobs.wire),
     };
     if resumed.is_none()

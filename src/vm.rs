@@ -436,6 +436,7 @@ impl Vm {
             Some(p) => self.complete_pending(a, p),
             None => match next {
                 Some(acc) => {
+                    vcpu.begin_access();
                     let o = self.guest(a, acc);
                     if o == AccessOutcome::Interrupted {
                         vcpu.set_pending(Some(acc));
@@ -465,6 +466,11 @@ impl Vm {
             }
             AccessOutcome::Exit(KvmExit::Mmio { .. }) => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_MMIO),
             AccessOutcome::Exit(KvmExit::Io { .. }) => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_IO),
+            _ => {}
+        }
+        match &outcome {
+            AccessOutcome::Handled(HandledBy::Ioregion { .. }) => self.io.rec.ended(vcpu.current_tag(), true),
+            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => self.io.rec.ended(vcpu.current_tag(), false),
             _ => {}
         }
         self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN returns {outcome}", vcpu.id()));

@@ -304,6 +304,7 @@ impl File {
 pub struct FdTable {
     files: BTreeMap<i32, Arc<File>>,
     channels: Vec<std::sync::Weak<Channel>>,
+    made: Vec<std::sync::Weak<File>>,
     next_file: u64,
     next_ino: u64,
     next_tmpfs_ino: u64,
@@ -325,6 +326,7 @@ impl FdTable {
         FdTable {
             files: BTreeMap::new(),
             channels: Vec::new(),
+            made: Vec::new(),
             next_file: 1,
             next_ino: FIRST_INO,
             next_tmpfs_ino: FIRST_INO,
@@ -359,7 +361,9 @@ impl FdTable {
         }
         let id = self.next_file;
         self.next_file += 1;
-        Arc::new(File { id, inode, kind, nonblock, refs: Kref::new(1), life: Lifetime::new() })
+        let file = Arc::new(File { id, inode, kind, nonblock, refs: Kref::new(1), life: Lifetime::new() });
+        self.made.push(Arc::downgrade(&file));
+        file
     }
 
     /// A new file of `kind` on a new inode of the filesystem such files live on (one reference).
@@ -433,6 +437,11 @@ impl FdTable {
     /// `close(2)`: removes `fd` and returns its file, whose reference the caller puts.
     pub fn close(&mut self, fd: i32) -> Result<Arc<File>, Errno> {
         self.files.remove(&fd).ok_or(Errno::EBADF)
+    }
+
+    /// Every file made so far that still exists as an object (released or not).
+    pub fn made(&self) -> Vec<Arc<File>> {
+        self.made.iter().filter_map(std::sync::Weak::upgrade).collect()
     }
 
     /// Open fd numbers, ascending.
