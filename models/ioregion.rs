@@ -4,6 +4,7 @@
 use super::{Expected, Failure, Scenario, finish};
 use ioregionfd_model::bus::BusKind;
 use ioregionfd_model::design::Design;
+use ioregionfd_model::device::receive_model_command;
 use ioregionfd_model::fd::File;
 use ioregionfd_model::fd::channel::{ChannelKind, Transfer, Wait};
 use ioregionfd_model::invariants::WIRE;
@@ -13,7 +14,7 @@ use ioregionfd_model::trace::Recorder;
 use ioregionfd_model::uapi::{KvmIoregionSeed, KvmIoregionV3};
 use ioregionfd_model::vcpu::Vcpu;
 use ioregionfd_model::vm::{AccessCtx, AccessOutcome, GuestAccess, VmConfig};
-use ioregionfd_model::wire::{Command, Direction, MESSAGE_SIZE, Response};
+use ioregionfd_model::wire::{Direction, MESSAGE_SIZE, Response};
 
 /// A device task on model files: answers `count` commands (reads with `0x100 * user_data +
 /// offset`), blocking, then stops and puts its reference on its file. Stops early at end of file.
@@ -28,32 +29,32 @@ fn serve_commands(rec: &Recorder, cmd: &File, resp: &File, design: Design, count
     for _ in 0..count {
         let mut buf = [0u8; MESSAGE_SIZE];
         let mut got = 0;
+        let mut tags = Vec::new();
         while got < MESSAGE_SIZE {
-            match cmd.read(rec, &mut buf[got..], &wait) {
-                Transfer::Done(0) | Transfer::Failed(_) | Transfer::WouldBlock { .. } => return,
-                Transfer::Done(n) => got += n,
+            match cmd.read_tagged(rec, &mut buf[got..], &wait) {
+                (Transfer::Done(0) | Transfer::Failed(_) | Transfer::WouldBlock { .. }, _) => return,
+                (Transfer::Done(n), t) => {
+                    got += n;
+                    for t in t {
+                        if tags.last() != Some(&t) {
+                            tags.push(t);
+                        }
+                    }
+                }
             }
         }
-        let tag = cmd.read_channel().and_then(|c| c.pop_tag());
-        if let Some(t) = tag {
-            rec.delivered(t);
+        let Some((c, tag)) = receive_model_command(rec, design.knobs().wire, &buf, &tags) else { continue };
+        if !(1..=2).contains(&c.user_data) {
+            rec.violation(
+                &WIRE,
+                format_args!("the device reads a command for user_data {:#x}, which no region has", c.user_data),
+            );
         }
-        let c = match Command::decode(design.knobs().wire, &buf) {
-            Ok(c) => c,
-            Err(e) => {
-                rec.violation(&WIRE, format_args!("the device reads a malformed command: {e}"));
-                continue;
-            }
-        };
-        rec.event(None, format_args!("device reads {c}"));
         if !c.wants_response() {
             continue;
         }
         let value = if c.direction == Direction::Read { 0x100 * c.user_data + c.offset } else { 0 };
-        if let (Some(t), Some(ch)) = (tag, resp.write_channel()) {
-            ch.push_tag(t);
-        }
-        let _ = resp.write(rec, &Response { data: value }.encode(), &wait);
+        let _ = resp.write_tagged(rec, &Response { data: value }.encode(), &wait, tag);
         rec.event(None, format_args!("device responds {value:#x}"));
     }
 }
@@ -312,6 +313,122 @@ fn remove_region(kvm: &Kvm, vm: usize, paddr: u64) {
     r.expect("remove the region");
 }
 
+/// Two vCPUs of one VM use two regions on one fd: one reads, one makes a posted write (to a
+/// size-0 doorbell region when `doorbell`, else to a sized region with posted writes).
+fn two_vcpus_one_fd(design: Design, doorbell: bool) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = transport(&kvm);
+    region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
+    let posted = ioregionfd_model::uapi::KVM_IOREGION_POSTED_WRITES;
+    let (paddr, size) = if doorbell { (0x2000, 0) } else { (0x2000, 0x10) };
+    let r = if design == Design::Seed {
+        let args = KvmIoregionSeed {
+            guest_paddr: paddr,
+            memory_size: size,
+            user_data: 2,
+            fd: kfd,
+            flags: posted,
+            pad: [0; 32],
+        };
+        kvm.set_ioregion_seed(vm, &args)
+    } else {
+        let args = KvmIoregionV3 {
+            guest_paddr: paddr,
+            memory_size: size,
+            user_data: 2,
+            read_fd: kfd,
+            write_fd: kfd,
+            flags: posted,
+            pad: [0; 28],
+        };
+        kvm.set_ioregion_v3(vm, &args)
+    };
+    r.expect("setup: the posted region");
+    let dev = kvm.fget(dfd).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let rec = kvm.recorder().clone();
+    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
+    let b = vcpu_thread(&kvm, vm, 1, GuestAccess { bus: BusKind::Mmio, addr: 0x2000, len: 4, value: Some(7) }, 1);
+    let (oa, ob) = (a.join().expect("vcpu0").1, b.join().expect("vcpu1").1);
+    device.join().expect("device");
+    expect_outcome(&kvm, mark, &oa, "ioregion 0x1 read 0x0 4 0x100")?;
+    expect_outcome(&kvm, mark, &ob, "ioregion 0x2 write 0x0 4 0x7")?;
+    finish(&kvm, mark, true)
+}
+
+/// A stream socket whose buffer holds 40 bytes already holds one unread posted write, so a
+/// vCPU's 32-byte command goes in part; the vCPU is signalled while it waits to send the rest,
+/// then runs KVM_RUN again; the device then reads everything.
+fn signal_while_sending(design: Design) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm_id = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = if design == Design::Seed {
+        let fd = kvm.ioregionfd().expect("ioregionfd");
+        (fd, fd)
+    } else {
+        kvm.socketpair(ChannelKind::Stream, 40, false)
+    };
+    let posted = ioregionfd_model::uapi::KVM_IOREGION_POSTED_WRITES;
+    for (paddr, flags, user_data) in [(0x1000, 0, 1), (0x2000, posted, 2)] {
+        let r = if design == Design::Seed {
+            let args =
+                KvmIoregionSeed { guest_paddr: paddr, memory_size: 0x10, user_data, fd: kfd, flags, pad: [0; 32] };
+            kvm.set_ioregion_seed(vm_id, &args)
+        } else {
+            let args = KvmIoregionV3 {
+                guest_paddr: paddr,
+                memory_size: 0x10,
+                user_data,
+                read_fd: kfd,
+                write_fd: kfd,
+                flags,
+                pad: [0; 28],
+            };
+            kvm.set_ioregion_v3(vm_id, &args)
+        };
+        r.expect("setup: KVM_SET_IOREGION");
+    }
+    let dev = kvm.fget(dfd).expect("device fd");
+    let vm = kvm.vm(vm_id).expect("vm");
+    // An earlier posted write fills 32 of the 40 bytes.
+    let early = Vcpu::new(vm_id, 9, false);
+    let o = vm.kvm_run(
+        AccessCtx { vcpu: &early, pump: None },
+        Some(GuestAccess { bus: BusKind::Mmio, addr: 0x2000, len: 4, value: Some(5) }),
+    );
+    assert_eq!(o.to_string(), "ioregion 0x2 write 0x0 4 0x5", "setup: the posted write");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let vcpu = Arc::new(Vcpu::new(vm_id, 0, false));
+    let v = vcpu.clone();
+    let k = kvm.clone();
+    let runner = spawn_named("vcpu0", move || {
+        let vm = k.vm(vm_id).expect("vm");
+        let mut outcomes = Vec::new();
+        let mut next = Some(read_access(0x1000));
+        for _ in 0..3 {
+            let o = vm.kvm_run(AccessCtx { vcpu: &v, pump: None }, next.take());
+            let again = o == AccessOutcome::Interrupted;
+            outcomes.push(o);
+            if !again {
+                break;
+            }
+        }
+        outcomes
+    });
+    kvm.deliver_signal(&vcpu);
+    let rec = kvm.recorder().clone();
+    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let outcomes = runner.join().expect("vcpu0");
+    kvm.teardown();
+    device.join().expect("device");
+    expect_outcome(&kvm, mark, &outcomes, "ioregion 0x1 read 0x0 4 0x100")?;
+    finish(&kvm, mark, true)
+}
+
 fn for_designs(
     name: &'static str,
     summary: &'static str,
@@ -328,6 +445,40 @@ fn for_designs(
 
 pub fn scenarios() -> Vec<Scenario> {
     let mut all = base_scenarios();
+    all.extend(for_designs(
+        "two-vcpus-one-fd",
+        "two vCPUs of one VM on one fd: a read, and a posted write to another region",
+        [
+            || two_vcpus_one_fd(Design::Seed, false),
+            || two_vcpus_one_fd(Design::RfcV3, false),
+            || two_vcpus_one_fd(Design::Proposed, false),
+        ],
+        [Expected::Holds, Expected::Holds, Expected::Holds],
+    ));
+    all.extend(
+        for_designs(
+            "sized-and-size0-one-fd",
+            "one fd serves a sized region and a size-0 doorbell (posted) of one VM; a vCPU uses each",
+            [
+                || two_vcpus_one_fd(Design::Seed, true),
+                || two_vcpus_one_fd(Design::RfcV3, true),
+                || two_vcpus_one_fd(Design::Proposed, true),
+            ],
+            [Expected::Holds, Expected::Holds, Expected::Holds],
+        )
+        .into_iter()
+        .filter(|s| s.design != "seed"),
+    );
+    all.extend(for_designs(
+        "signal-while-sending",
+        "a stream socket nearly full: the command goes in part, a signal arrives, KVM_RUN again",
+        [
+            || signal_while_sending(Design::Seed),
+            || signal_while_sending(Design::RfcV3),
+            || signal_while_sending(Design::Proposed),
+        ],
+        [Expected::Holds, Expected::Violates("wire"), Expected::Holds],
+    ));
     all.extend(for_designs(
         "pio-and-mmio-one-fd",
         "one fd serves a PIO and an MMIO region of one VM; a vCPU reads each",

@@ -31,6 +31,36 @@ pub trait IoregionDevice: Send {
     fn write(&mut self, user_data: u64, offset: u64, size: usize, value: u64);
 }
 
+/// What a model device does with one whole 32-byte `message` whose bytes carried the ghost `tags`:
+/// a message made of bytes of more than one command is a `wire` violation (a resend after a
+/// partial write does that); the delivery is entered in the ledger (`exactly-once`, `order`);
+/// a message that does not decode in `format` is a `wire` violation and `None`.
+pub fn receive_model_command(
+    rec: &Recorder,
+    format: WireFormat,
+    message: &[u8],
+    tags: &[crate::fd::channel::Tag],
+) -> Option<(Command, Option<crate::fd::channel::Tag>)> {
+    if tags.len() > 1 {
+        let list: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        rec.violation(&WIRE, format_args!("a 32-byte message on the wire is made of bytes of {}", list.join(" and ")));
+    }
+    let tag = tags.first().copied();
+    if let Some(t) = tag {
+        rec.delivered(t);
+    }
+    match Command::decode(format, message) {
+        Ok(c) => {
+            rec.event(None, format_args!("device reads {c}"));
+            Some((c, tag))
+        }
+        Err(e) => {
+            rec.violation(&WIRE, format_args!("the device reads a malformed command: {e} ({message:02x?})"));
+            None
+        }
+    }
+}
+
 /// The built-in device: remembers the last value written at each offset of each region.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryDevice {
@@ -59,6 +89,7 @@ pub struct ServedDevice {
     format: WireFormat,
     device: Box<dyn IoregionDevice>,
     partial: Vec<u8>,
+    partial_tags: Vec<crate::fd::channel::Tag>,
     stopped: bool,
 }
 
@@ -72,7 +103,7 @@ impl ServedDevice {
     /// Serves `device` on `cmd`/`resp`, speaking `format`; the caller has taken a reference on
     /// each file for it (dropped when it stops).
     pub fn new(cmd: Arc<File>, resp: Arc<File>, format: WireFormat, device: Box<dyn IoregionDevice>) -> Self {
-        ServedDevice { cmd, resp, format, device, partial: Vec::new(), stopped: false }
+        ServedDevice { cmd, resp, format, device, partial: Vec::new(), partial_tags: Vec::new(), stopped: false }
     }
 
     /// Whether it stopped (end of file on its command file).
@@ -86,32 +117,30 @@ impl ServedDevice {
         while !self.stopped {
             let mut buf = [0u8; MESSAGE_SIZE];
             let want = MESSAGE_SIZE - self.partial.len();
-            match self.cmd.read(rec, &mut buf[..want], &Wait::Never) {
-                Transfer::Done(0) => self.stop(rec),
-                Transfer::Done(n) => {
+            match self.cmd.read_tagged(rec, &mut buf[..want], &Wait::Never) {
+                (Transfer::Done(0), _) => self.stop(rec),
+                (Transfer::Done(n), tags) => {
                     self.partial.extend_from_slice(&buf[..n]);
+                    for t in tags {
+                        if self.partial_tags.last() != Some(&t) {
+                            self.partial_tags.push(t);
+                        }
+                    }
                     if self.partial.len() == MESSAGE_SIZE {
                         let message = std::mem::take(&mut self.partial);
-                        self.handle(rec, &message);
+                        let tags = std::mem::take(&mut self.partial_tags);
+                        self.handle(rec, &message, &tags);
                         handled += 1;
                     }
                 }
-                Transfer::Failed(_) | Transfer::WouldBlock { .. } => break,
+                (Transfer::Failed(_) | Transfer::WouldBlock { .. }, _) => break,
             }
         }
         handled
     }
 
-    fn handle(&mut self, rec: &Recorder, message: &[u8]) {
-        let tag = self.cmd.read_channel().and_then(|c| c.pop_tag());
-        let cmd = match Command::decode(self.format, message) {
-            Ok(c) => c,
-            Err(e) => {
-                rec.violation(&WIRE, format_args!("the device reads a malformed command: {e} ({message:02x?})"));
-                return;
-            }
-        };
-        rec.event(None, format_args!("device reads {cmd}"));
+    fn handle(&mut self, rec: &Recorder, message: &[u8], tags: &[crate::fd::channel::Tag]) {
+        let Some((cmd, tag)) = receive_model_command(rec, self.format, message, tags) else { return };
         let value = match cmd.direction {
             Direction::Read => self.device.read(cmd.user_data, cmd.offset, cmd.size()),
             Direction::Write => {
@@ -122,10 +151,7 @@ impl ServedDevice {
         if !cmd.wants_response() {
             return;
         }
-        if let (Some(t), Some(c)) = (tag, self.resp.write_channel()) {
-            c.push_tag(t);
-        }
-        let t = self.resp.write(rec, &Response { data: value }.encode(), &Wait::Never);
+        let t = self.resp.write_tagged(rec, &Response { data: value }.encode(), &Wait::Never, tag);
         rec.event(None, format_args!("device responds {value:#x}: {t:?}"));
     }
 

@@ -23,7 +23,7 @@
 use crate::bus::{BusKind, DispatchCtx, ExtLists, HandledBy, KvmIo, KvmIoDevice, SlotsGuard, destroy_device};
 use crate::design::{CollisionRule, ContextRule, Knobs};
 use crate::errno::Errno;
-use crate::fd::channel::{Channel, Transfer, Wait};
+use crate::fd::channel::{Tag, Transfer, Wait};
 use crate::fd::{File, FileKind, Inode, IoregionfdObject};
 use crate::invariants::{Invariant, Kref, LIFETIME, Lifetime, OVERLAP};
 use crate::sync::{Arc, Condvar, Mutex};
@@ -52,35 +52,19 @@ impl fmt::Debug for KernelEnd {
 }
 
 impl KernelEnd {
-    /// KVM writes a command.
-    pub fn write(&self, rec: &Recorder, buf: &[u8], wait: &Wait<'_>) -> Transfer {
+    /// KVM writes (part of) a command whose bytes carry the ghost `tag` of its access.
+    pub fn write(&self, rec: &Recorder, buf: &[u8], wait: &Wait<'_>, tag: Tag) -> Transfer {
         match self {
-            KernelEnd::File(f) => f.write(rec, buf, wait),
-            KernelEnd::Object(o) => o.cmd.write(buf, false, wait),
+            KernelEnd::File(f) => f.write_tagged(rec, buf, wait, Some(tag)),
+            KernelEnd::Object(o) => o.cmd.write_tagged(buf, false, wait, Some(tag)),
         }
     }
 
-    /// KVM reads a response.
-    pub fn read(&self, rec: &Recorder, buf: &mut [u8], wait: &Wait<'_>) -> Transfer {
+    /// KVM reads (part of) a response, with the ghost tags of the bytes it took.
+    pub fn read(&self, rec: &Recorder, buf: &mut [u8], wait: &Wait<'_>) -> (Transfer, Vec<Tag>) {
         match self {
-            KernelEnd::File(f) => f.read(rec, buf, wait),
-            KernelEnd::Object(o) => o.resp.read(buf, false, wait),
-        }
-    }
-
-    /// The channel commands written here enter (ghost tags).
-    pub fn command_channel(&self) -> Option<&Arc<Channel>> {
-        match self {
-            KernelEnd::File(f) => f.write_channel(),
-            KernelEnd::Object(o) => Some(&o.cmd),
-        }
-    }
-
-    /// The channel responses read here leave (ghost tags).
-    pub fn response_channel(&self) -> Option<&Arc<Channel>> {
-        match self {
-            KernelEnd::File(f) => f.read_channel(),
-            KernelEnd::Object(o) => Some(&o.resp),
+            KernelEnd::File(f) => f.read_tagged(rec, buf, wait),
+            KernelEnd::Object(o) => o.resp.read_tagged(buf, false, wait),
         }
     }
 }

@@ -317,9 +317,6 @@ impl Txn<'_> {
     /// SEND_CMD from byte `moved`. `None`: sent; `Some(r)`: the dispatch ends with `r`.
     fn send(&self, mut moved: usize) -> Option<Result<(), Errno>> {
         let (vcpu, rec) = (self.vcpu, self.ctx.rec);
-        if let Some(ch) = self.p.cmd.command_channel() {
-            ch.push_tag(self.tag);
-        }
         let interruptible = || vcpu.signal_pending();
         let uninterrupted = || false;
         loop {
@@ -327,7 +324,7 @@ impl Txn<'_> {
             let pending: &(dyn Fn() -> bool + Sync) =
                 if self.transactional() && moved > 0 { &uninterrupted } else { &interruptible };
             let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending } };
-            let t = self.p.cmd.write(rec, &self.command[moved..], &wait);
+            let t = self.p.cmd.write(rec, &self.command[moved..], &wait, self.tag);
             if t == Transfer::Failed(Errno::EPIPE) {
                 vcpu.sigpipe(self.ctx);
             }
@@ -378,11 +375,17 @@ impl Txn<'_> {
         };
         let interruptible = || vcpu.signal_pending();
         let uninterrupted = || false;
+        let mut from: Vec<Tag> = Vec::new();
         loop {
             let pending: &(dyn Fn() -> bool + Sync) =
                 if self.transactional() && got > 0 { &uninterrupted } else { &interruptible };
             let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending } };
-            let t = end.read(rec, &mut buf[got..], &wait);
+            let (t, tags) = end.read(rec, &mut buf[got..], &wait);
+            for tag in tags {
+                if from.last() != Some(&tag) {
+                    from.push(tag);
+                }
+            }
             let now = if let Transfer::Done(n) = t { n } else { 0 };
             got += now;
             if got == MESSAGE_SIZE {
@@ -410,14 +413,14 @@ impl Txn<'_> {
                 return Err(Err(e));
             }
         }
-        let responder = end.response_channel().and_then(|c| c.pop_tag());
-        match responder {
-            Some(t) if t == self.tag => {}
-            Some(t) => {
-                let inv = if t.vm != self.tag.vm { &ISOLATION } else { &ROUTE };
-                rec.violation(inv, format_args!("{} completes with the response to {t}", self.tag));
+        match from.as_slice() {
+            [t] if *t == self.tag => {}
+            [] => rec.violation(&ROUTE, format_args!("{} completes with a response to no command", self.tag)),
+            others => {
+                let inv = if others.iter().any(|t| t.vm != self.tag.vm) { &ISOLATION } else { &ROUTE };
+                let list: Vec<String> = others.iter().map(|t| t.to_string()).collect();
+                rec.violation(inv, format_args!("{} completes with the response to {}", self.tag, list.join(" and ")));
             }
-            None => rec.violation(&ROUTE, format_args!("{} completes with a response to no command", self.tag)),
         }
         match Response::decode(buf) {
             Ok(r) => {

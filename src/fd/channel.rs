@@ -30,7 +30,7 @@
 //! ```
 
 use crate::errno::Errno;
-use crate::sync::{Condvar, Ghost, Mutex};
+use crate::sync::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -94,6 +94,43 @@ struct State {
     queued: usize,
     readers: usize,
     writers: usize,
+    /// Ghost: which access each queued byte belongs to, as runs `(tag, length)` in queue order.
+    tags: VecDeque<(Option<Tag>, usize)>,
+}
+
+impl State {
+    fn push_tags(&mut self, tag: Option<Tag>, n: usize) {
+        match self.tags.back_mut() {
+            Some((t, len)) if *t == tag => *len += n,
+            _ => self.tags.push_back((tag, n)),
+        }
+    }
+
+    /// Takes the tags of the next `n` bytes (each tag once, in order).
+    fn take_tags(&mut self, mut n: usize) -> Vec<Tag> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let Some((tag, len)) = self.tags.front_mut() else { break };
+            let k = n.min(*len);
+            if let Some(t) = tag
+                && out.last() != Some(t)
+            {
+                out.push(*t);
+            }
+            *len -= k;
+            n -= k;
+            if *len == 0 {
+                self.tags.pop_front();
+            }
+        }
+        out
+    }
+
+    /// Drops the tags of `n` bytes that left without being read (the rest of a truncated
+    /// message).
+    fn drop_tags(&mut self, n: usize) {
+        let _ = self.take_tags(n);
+    }
 }
 
 /// Ghost identity of the access a message belongs to (the wire protocol has no tags; the model
@@ -121,23 +158,12 @@ pub struct Channel {
     capacity: usize,
     state: Mutex<State>,
     changed: Condvar,
-    tags: Ghost<VecDeque<Tag>>,
 }
 
 impl Channel {
     /// An empty channel holding at most `capacity` bytes, with no open end yet.
     pub fn new(kind: ChannelKind, capacity: usize) -> Self {
-        Channel { kind, capacity, state: Mutex::new(State::default()), changed: Condvar::new(), tags: Ghost::default() }
-    }
-
-    /// Ghost: a message of the access `tag` entered the channel.
-    pub fn push_tag(&self, tag: Tag) {
-        self.tags.with(|t| t.push_back(tag));
-    }
-
-    /// Ghost: a whole message left the channel; the tag of the oldest one in it.
-    pub fn pop_tag(&self) -> Option<Tag> {
-        self.tags.with(|t| t.pop_front())
+        Channel { kind, capacity, state: Mutex::new(State::default()), changed: Condvar::new() }
     }
 
     /// The kind.
@@ -211,6 +237,12 @@ impl Channel {
     /// `SIGPIPE` to the writing thread (unless ignored or blocked).
     #[track_caller]
     pub fn write(&self, buf: &[u8], nonblock: bool, wait: &Wait<'_>) -> Transfer {
+        self.write_tagged(buf, nonblock, wait, None)
+    }
+
+    /// [`write`](Self::write) whose bytes carry the ghost `tag` of the access they belong to.
+    #[track_caller]
+    pub fn write_tagged(&self, buf: &[u8], nonblock: bool, wait: &Wait<'_>, tag: Option<Tag>) -> Transfer {
         let mut s = self.state.lock();
         let mut moved = 0;
         loop {
@@ -224,6 +256,7 @@ impl Channel {
                     _ => s.bytes.extend(&buf[moved..moved + n]),
                 }
                 s.queued += n;
+                s.push_tags(tag, n);
                 moved += n;
                 self.changed.notify_all();
             }
@@ -240,16 +273,24 @@ impl Channel {
     /// `read(2)` of up to `buf.len()` bytes.
     #[track_caller]
     pub fn read(&self, buf: &mut [u8], nonblock: bool, wait: &Wait<'_>) -> Transfer {
+        self.read_tagged(buf, nonblock, wait).0
+    }
+
+    /// [`read`](Self::read), with the ghost tags of the bytes it took.
+    #[track_caller]
+    pub fn read_tagged(&self, buf: &mut [u8], nonblock: bool, wait: &Wait<'_>) -> (Transfer, Vec<Tag>) {
         let mut s = self.state.lock();
         loop {
             if s.queued > 0 {
-                let n = match self.kind {
+                let (n, tags) = match self.kind {
                     ChannelKind::Seqpacket => {
                         let msg = s.messages.pop_front().expect("queued message");
                         s.queued -= msg.len();
                         let n = msg.len().min(buf.len());
                         buf[..n].copy_from_slice(&msg[..n]);
-                        n
+                        let tags = s.take_tags(n);
+                        s.drop_tags(msg.len() - n);
+                        (n, tags)
                     }
                     _ => {
                         let n = s.queued.min(buf.len());
@@ -257,17 +298,17 @@ impl Channel {
                             buf[i] = b;
                         }
                         s.queued -= n;
-                        n
+                        (n, s.take_tags(n))
                     }
                 };
                 self.changed.notify_all();
-                return Transfer::Done(n);
+                return (Transfer::Done(n), tags);
             }
             if s.writers == 0 {
-                return Transfer::Done(0);
+                return (Transfer::Done(0), Vec::new());
             }
             if let Some(t) = self.stop(0, nonblock, wait) {
-                return t;
+                return (t, Vec::new());
             }
             self.changed.wait(&mut s);
         }

@@ -264,36 +264,48 @@ impl File {
     /// `kernel_read` / `read(2)`: `EINVAL` for a file that cannot be read. Reading a released
     /// file is a `lifetime` violation (and `EBADF`).
     pub fn read(&self, rec: &Recorder, buf: &mut [u8], wait: &Wait<'_>) -> Transfer {
+        self.read_tagged(rec, buf, wait).0
+    }
+
+    /// [`read`](Self::read), with the ghost tags of the bytes it took.
+    pub fn read_tagged(&self, rec: &Recorder, buf: &mut [u8], wait: &Wait<'_>) -> (Transfer, Vec<channel::Tag>) {
         if !self.life.check_use(rec, self) {
-            return Transfer::Failed(Errno::EBADF);
+            return (Transfer::Failed(Errno::EBADF), Vec::new());
         }
-        match &self.kind {
-            FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => rx.read(buf, self.nonblock, wait),
-            FileKind::Ioregionfd(obj) => obj.cmd.read(buf, self.nonblock, wait),
+        let t = match &self.kind {
+            FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => return rx.read_tagged(buf, self.nonblock, wait),
+            FileKind::Ioregionfd(obj) => return obj.cmd.read_tagged(buf, self.nonblock, wait),
             FileKind::Eventfd(ctx) if buf.len() >= 8 => {
                 let n = ctx.take();
                 if n == 0 {
-                    return match wait {
+                    let t = match wait {
                         Wait::Never => Transfer::WouldBlock { moved: 0 },
                         Wait::Block { .. } => Transfer::Failed(Errno::EAGAIN),
                     };
+                    return (t, Vec::new());
                 }
                 buf[..8].copy_from_slice(&n.to_le_bytes());
                 Transfer::Done(8)
             }
             _ => Transfer::Failed(Errno::EINVAL),
-        }
+        };
+        (t, Vec::new())
     }
 
     /// `kernel_write` / `write(2)`: `EINVAL` for a file that cannot be written. `EPIPE` means the
     /// writer is due a `SIGPIPE`.
     pub fn write(&self, rec: &Recorder, buf: &[u8], wait: &Wait<'_>) -> Transfer {
+        self.write_tagged(rec, buf, wait, None)
+    }
+
+    /// [`write`](Self::write) whose bytes carry the ghost `tag` of the access they belong to.
+    pub fn write_tagged(&self, rec: &Recorder, buf: &[u8], wait: &Wait<'_>, tag: Option<channel::Tag>) -> Transfer {
         if !self.life.check_use(rec, self) {
             return Transfer::Failed(Errno::EBADF);
         }
         match &self.kind {
-            FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => tx.write(buf, self.nonblock, wait),
-            FileKind::Ioregionfd(obj) => obj.resp.write(buf, self.nonblock, wait),
+            FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => tx.write_tagged(buf, self.nonblock, wait, tag),
+            FileKind::Ioregionfd(obj) => obj.resp.write_tagged(buf, self.nonblock, wait, tag),
             _ => Transfer::Failed(Errno::EINVAL),
         }
     }
