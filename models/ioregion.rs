@@ -429,6 +429,48 @@ fn signal_while_sending(design: Design) -> Result<(), Failure> {
     finish(&kvm, mark, true)
 }
 
+/// The VMM passed the device end to the device and closed its own copy; the device reads
+/// `reads` commands without answering, then closes its end, while a vCPU waits for its reply.
+fn device_closes(design: Design, reads: usize) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = transport(&kvm);
+    region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
+    let dev = kvm.fget(dfd).expect("device fd");
+    if kfd != dfd {
+        kvm.close(dfd).expect("the VMM closes its copy of the device end");
+    }
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let rec = kvm.recorder().clone();
+    let device = spawn_named("device", move || {
+        let never = || false;
+        let wait = Wait::Block { pending: &never };
+        for _ in 0..reads {
+            let mut buf = [0u8; MESSAGE_SIZE];
+            let (t, tags) = dev.read_tagged(&rec, &mut buf, &wait);
+            if t == Transfer::Done(MESSAGE_SIZE) {
+                let _ = receive_model_command(&rec, design.knobs().wire, &buf, &tags);
+            }
+        }
+        rec.event(None, "the device closes its end");
+        dev.put(&rec);
+    });
+    // Seed: the device end is the ioregionfd itself; closing the VMM's fd too is the last close.
+    let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 2);
+    if kfd == dfd {
+        device.join().expect("device");
+        let _ = kvm.close(kfd);
+    } else {
+        device.join().expect("device");
+    }
+    let outcome = a.join().expect("vcpu0").1;
+    super::verdict_after(&kvm, mark)?;
+    let last = outcome.last().map(|o| o.to_string()).unwrap_or_default();
+    super::assertion(&kvm, last.starts_with("exit"), format!("the vCPU's access ended {last}, not with an exit"))?;
+    finish(&kvm, mark, true)
+}
+
 fn for_designs(
     name: &'static str,
     summary: &'static str,
@@ -469,6 +511,18 @@ pub fn scenarios() -> Vec<Scenario> {
         .into_iter()
         .filter(|s| s.design != "seed"),
     );
+    all.extend(for_designs(
+        "device-closes-before-reading",
+        "the device closes its end before it reads the command a vCPU sent",
+        [|| device_closes(Design::Seed, 0), || device_closes(Design::RfcV3, 0), || device_closes(Design::Proposed, 0)],
+        [Expected::Holds, Expected::Holds, Expected::Holds],
+    ));
+    all.extend(for_designs(
+        "device-closes-after-reading",
+        "the device reads the command a vCPU sent, then closes its end without answering",
+        [|| device_closes(Design::Seed, 1), || device_closes(Design::RfcV3, 1), || device_closes(Design::Proposed, 1)],
+        [Expected::Violates("exactly-once"), Expected::Violates("exactly-once"), Expected::Holds],
+    ));
     all.extend(for_designs(
         "signal-while-sending",
         "a stream socket nearly full: the command goes in part, a signal arrives, KVM_RUN again",

@@ -65,6 +65,7 @@ impl Design {
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
                 on_last_close: LastClose::DropRegions,
+                failure_exit: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
             },
@@ -84,6 +85,7 @@ impl Design {
                 on_resume: ResumeRule::RedispatchAddress,
                 forced_eintr_reads_run_page: true,
                 on_last_close: LastClose::KeepRegions,
+                failure_exit: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: false,
             },
@@ -103,6 +105,7 @@ impl Design {
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
                 on_last_close: LastClose::KeepRegions,
+                failure_exit: true,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
             },
@@ -249,6 +252,10 @@ pub struct Knobs {
     pub forced_eintr_reads_run_page: bool,
     /// What closing the last userspace fd does.
     pub on_last_close: LastClose,
+    /// Whether an access whose command was sent but whose response never came (the device closed
+    /// or died) exits with `KVM_EXIT_IOREGIONFD_FAILURE` ("the device may have executed it")
+    /// instead of a plain `KVM_EXIT_MMIO`/`KVM_EXIT_IO` that invites userspace to emulate it again.
+    pub failure_exit: bool,
     /// The NR_IOBUS_DEVS check (`None`: not enforced; rfc-v3 enforces it only without kmemcg,
     /// which is a setting of the host).
     pub nr_iobus_devs: Option<i32>,

@@ -21,7 +21,7 @@ use crate::fd::{FdTable, File, FileKind};
 use crate::invariants::Invariant;
 use crate::region::{ContextTable, Host};
 use crate::sync::{Arc, Mutex};
-use crate::trace::Recorder;
+use crate::trace::{Ended, Recorder};
 use crate::uapi::{KvmCoalescedMmioZone, KvmIoeventfd, KvmIoregionSeed, KvmIoregionV3};
 use crate::vm::{AccessCtx, AccessError, AccessOutcome, Vm, VmConfig};
 
@@ -300,13 +300,17 @@ impl Kvm {
         use crate::invariants::{EXACTLY_ONCE, LIVENESS};
         let ledger = self.rec.ledger();
         let mut wrong = Vec::new();
-        for (tag, by_device) in &ledger.ended {
+        for (tag, how) in &ledger.ended {
             let n = ledger.delivered.iter().filter(|t| *t == tag).count();
-            if *by_device && n == 0 && devices_drained {
-                wrong.push((&EXACTLY_ONCE, format!("{tag} was handled, yet no device read its command (lost)")));
-            }
-            if !*by_device && n > 0 {
-                wrong.push((&EXACTLY_ONCE, format!("{tag} exited to userspace, yet a device read its command too")));
+            match how {
+                Ended::Device if n == 0 && devices_drained => {
+                    wrong.push((&EXACTLY_ONCE, format!("{tag} was handled, yet no device read its command (lost)")))
+                }
+                Ended::Userspace if n > 0 => wrong.push((
+                    &EXACTLY_ONCE,
+                    format!("{tag} exited to userspace as a plain exit, yet a device read its command too"),
+                )),
+                _ => {}
             }
         }
         for c in self.contexts.contexts().iter().filter(|c| c.is_live() && c.owners() > 0) {

@@ -71,9 +71,20 @@ struct Log {
 pub struct Ledger {
     /// Tags of the commands devices read, in order.
     pub delivered: Vec<crate::fd::channel::Tag>,
-    /// The final outcome of each access that ended: its tag and whether it was handled by an
-    /// ioregion's device (true) or exited to userspace (false).
-    pub ended: Vec<(crate::fd::channel::Tag, bool)>,
+    /// The final outcome of each access that ended, by tag.
+    pub ended: Vec<(crate::fd::channel::Tag, Ended)>,
+}
+
+/// How an access ended, for `exactly-once`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// An ioregion's device completed it: its command must have been read exactly once.
+    Device,
+    /// It exited to userspace (or another in-kernel device took it): no device may have read it.
+    Userspace,
+    /// `KVM_EXIT_IOREGIONFD_FAILURE`: the command was sent and the device may have read it;
+    /// userspace is told so (read zero or one times).
+    Unknown,
 }
 
 /// The shared event and violation log of one modelled system.
@@ -140,9 +151,9 @@ impl Recorder {
         }
     }
 
-    /// Ghost: access `tag` ended, handled by an ioregion's device or not.
-    pub fn ended(&self, tag: crate::fd::channel::Tag, by_device: bool) {
-        self.0.with(|log| log.ledger.ended.push((tag, by_device)));
+    /// Ghost: access `tag` ended, as `how` says.
+    pub fn ended(&self, tag: crate::fd::channel::Tag, how: Ended) {
+        self.0.with(|log| log.ledger.ended.push((tag, how)));
     }
 
     /// The ledger so far.

@@ -104,6 +104,7 @@ pub struct Vcpu {
     saved: Mutex<Option<SavedIoregion>>,
     pending: Mutex<Option<crate::vm::GuestAccess>>,
     current: Mutex<Option<Tag>>,
+    sent_unanswered: AtomicBool,
     blocked: Mutex<Option<String>>,
 }
 
@@ -121,6 +122,7 @@ impl Vcpu {
             saved: Mutex::new(None),
             pending: Mutex::new(None),
             current: Mutex::new(None),
+            sent_unanswered: AtomicBool::new(false),
             blocked: Mutex::new(None),
         }
     }
@@ -151,6 +153,11 @@ impl Vcpu {
     pub fn current_tag(&self) -> Tag {
         let mut c = self.current.lock();
         *c.get_or_insert_with(|| Tag { vm: self.vm, vcpu: self.id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 })
+    }
+
+    /// Whether the last dispatch failed after its whole command was sent (and resets it).
+    pub fn take_sent_unanswered(&self) -> bool {
+        self.sent_unanswered.swap(false, Ordering::AcqRel)
     }
 
     /// Whether a signal is pending for the vCPU thread.
@@ -407,6 +414,7 @@ impl Txn<'_> {
                 return Err(Err(Errno::EINTR));
             }
             if self.knobs.short_transfer != ShortTransfer::Continue || now == 0 {
+                vcpu.sent_unanswered.store(true, Ordering::Release);
                 let e = v3_error(if got > 0 { Transfer::Done(got) } else { t });
                 rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.id));
                 self.unlock();

@@ -15,6 +15,7 @@ use crate::errno::Errno;
 use crate::invariants::Invariant;
 use crate::region::VmIo;
 use crate::sync::{Arc, Mutex};
+use crate::trace::Ended;
 use crate::vcpu::Vcpu;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -88,6 +89,18 @@ pub enum KvmExit {
         /// Direction.
         is_write: bool,
     },
+    /// `KVM_EXIT_IOREGIONFD_FAILURE` (proposed): the command was sent to an ioregion's device
+    /// and no response came (the device closed or died); it may have executed the access.
+    IoregionFailure {
+        /// Guest physical address or port.
+        addr: u64,
+        /// Length in bytes.
+        len: u32,
+        /// The value of a write (zero for reads).
+        data: [u8; 8],
+        /// Direction.
+        is_write: bool,
+    },
     /// `KVM_EXIT_IO` (one access, count 1).
     Io {
         /// Port.
@@ -116,6 +129,10 @@ impl fmt::Display for KvmExit {
                 write!(f, "exit pio {port:#x} {size} {:#x}", le_value(&data))
             }
             KvmExit::Io { port, size, is_out: false, .. } => write!(f, "exit pio {port:#x} {size}"),
+            KvmExit::IoregionFailure { addr, len, data, is_write: true } => {
+                write!(f, "exit ioregion-failure {addr:#x} {len} {:#x}", le_value(&data))
+            }
+            KvmExit::IoregionFailure { addr, len, is_write: false, .. } => write!(f, "exit ioregion-failure {addr:#x} {len}"),
         }
     }
 }
@@ -355,11 +372,19 @@ impl Vm {
 
     /// The outcome: handled, or (not handled) blocked, interrupted, or an exit to userspace.
     fn finish(&self, result: Result<HandledBy, Errno>, a: &AccessCtx<'_>, exit: KvmExit) -> AccessOutcome {
+        let sent = a.vcpu.take_sent_unanswered();
         let outcome = match result {
             Ok(h) => AccessOutcome::Handled(h),
             Err(_) => match (a.vcpu.blocked(), a.vcpu.is_interrupted()) {
                 (Some(why), _) => AccessOutcome::Blocked(why),
                 (None, true) => AccessOutcome::Interrupted,
+                (None, false) if sent && self.knobs.failure_exit => AccessOutcome::Exit(match exit {
+                    KvmExit::Mmio { addr, len, data, is_write } => KvmExit::IoregionFailure { addr, len, data, is_write },
+                    KvmExit::Io { port, size, data, is_out } => {
+                        KvmExit::IoregionFailure { addr: port as u64, len: size as u32, data, is_write: is_out }
+                    }
+                    other => other,
+                }),
                 (None, false) => AccessOutcome::Exit(exit),
             },
         };
@@ -469,8 +494,9 @@ impl Vm {
             _ => {}
         }
         match &outcome {
-            AccessOutcome::Handled(HandledBy::Ioregion { .. }) => self.io.rec.ended(vcpu.current_tag(), true),
-            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => self.io.rec.ended(vcpu.current_tag(), false),
+            AccessOutcome::Handled(HandledBy::Ioregion { .. }) => self.io.rec.ended(vcpu.current_tag(), Ended::Device),
+            AccessOutcome::Exit(KvmExit::IoregionFailure { .. }) => self.io.rec.ended(vcpu.current_tag(), Ended::Unknown),
+            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => self.io.rec.ended(vcpu.current_tag(), Ended::Userspace),
             _ => {}
         }
         self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN returns {outcome}", vcpu.id()));
