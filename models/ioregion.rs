@@ -471,6 +471,40 @@ fn device_closes(design: Design, reads: usize) -> Result<(), Failure> {
     finish(&kvm, mark, true)
 }
 
+/// The device thread reads a vCPU's command, then removes the region (KVM_SET_IOREGION
+/// DEASSIGN, or seed's fd = -1) before it answers: a device hot-unplugged by the very access.
+fn deassign_by_device_thread(design: Design) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (kfd, dfd) = transport(&kvm);
+    region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
+    let dev = kvm.fget(dfd).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let k = kvm.clone();
+    let device = spawn_named("device", move || {
+        let rec = k.recorder().clone();
+        let never = || false;
+        let wait = Wait::Block { pending: &never };
+        let mut buf = [0u8; MESSAGE_SIZE];
+        let (t, tags) = dev.read_tagged(&rec, &mut buf, &wait);
+        if t == Transfer::Done(MESSAGE_SIZE)
+            && let Some((c, tag)) = receive_model_command(&rec, design.knobs().wire, &buf, &tags)
+        {
+            rec.event(None, "the device thread removes the region before it answers");
+            remove_region(&k, vm, 0x1000);
+            let value = 0x100 * c.user_data + c.offset;
+            let _ = dev.write_tagged(&rec, &Response { data: value }.encode(), &wait, tag);
+        }
+        dev.put(&rec);
+    });
+    let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
+    let outcome = a.join().expect("vcpu0").1;
+    device.join().expect("device");
+    expect_outcome(&kvm, mark, &outcome, "ioregion 0x1 read 0x0 4 0x100")?;
+    finish(&kvm, mark, true)
+}
+
 fn for_designs(
     name: &'static str,
     summary: &'static str,
@@ -522,6 +556,16 @@ pub fn scenarios() -> Vec<Scenario> {
         "the device reads the command a vCPU sent, then closes its end without answering",
         [|| device_closes(Design::Seed, 1), || device_closes(Design::RfcV3, 1), || device_closes(Design::Proposed, 1)],
         [Expected::Violates("exactly-once"), Expected::Violates("exactly-once"), Expected::Holds],
+    ));
+    all.extend(for_designs(
+        "deassign-by-device-thread",
+        "the thread serving the device removes the region after reading a command, before answering",
+        [
+            || deassign_by_device_thread(Design::Seed),
+            || deassign_by_device_thread(Design::RfcV3),
+            || deassign_by_device_thread(Design::Proposed),
+        ],
+        [Expected::Violates("liveness"), Expected::Violates("liveness"), Expected::Holds],
     ));
     all.extend(for_designs(
         "signal-while-sending",

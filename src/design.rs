@@ -65,6 +65,7 @@ impl Design {
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
                 on_last_close: LastClose::DropRegions,
+                waits_outside_srcu: false,
                 failure_exit: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
@@ -85,6 +86,7 @@ impl Design {
                 on_resume: ResumeRule::RedispatchAddress,
                 forced_eintr_reads_run_page: true,
                 on_last_close: LastClose::KeepRegions,
+                waits_outside_srcu: false,
                 failure_exit: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: false,
@@ -105,6 +107,7 @@ impl Design {
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
                 on_last_close: LastClose::KeepRegions,
+                waits_outside_srcu: true,
                 failure_exit: true,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
@@ -252,6 +255,11 @@ pub struct Knobs {
     pub forced_eintr_reads_run_page: bool,
     /// What closing the last userspace fd does.
     pub on_last_close: LastClose,
+    /// Whether a vCPU waits for the context, the send and the response outside its SRCU read
+    /// section: inside it the ioregion only claims the access (references on the region, its
+    /// context and files), so `synchronize_srcu` in a concurrent unregister never waits for a
+    /// device (which may be the very thread unregistering).
+    pub waits_outside_srcu: bool,
     /// Whether an access whose command was sent but whose response never came (the device closed
     /// or died) exits with `KVM_EXIT_IOREGIONFD_FAILURE` ("the device may have executed it")
     /// instead of a plain `KVM_EXIT_MMIO`/`KVM_EXIT_IO` that invites userspace to emulate it again.

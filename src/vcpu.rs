@@ -103,6 +103,7 @@ pub struct Vcpu {
     exit_reason: AtomicU32,
     saved: Mutex<Option<SavedIoregion>>,
     pending: Mutex<Option<crate::vm::GuestAccess>>,
+    deferred: Mutex<Option<SavedIoregion>>,
     current: Mutex<Option<Tag>>,
     sent_unanswered: AtomicBool,
     blocked: Mutex<Option<String>>,
@@ -121,6 +122,7 @@ impl Vcpu {
             exit_reason: AtomicU32::new(0),
             saved: Mutex::new(None),
             pending: Mutex::new(None),
+            deferred: Mutex::new(None),
             current: Mutex::new(None),
             sent_unanswered: AtomicBool::new(false),
             blocked: Mutex::new(None),
@@ -153,6 +155,12 @@ impl Vcpu {
     pub fn current_tag(&self) -> Tag {
         let mut c = self.current.lock();
         *c.get_or_insert_with(|| Tag { vm: self.vm, vcpu: self.id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 })
+    }
+
+    /// The access an ioregion claimed inside the SRCU read section, to be carried out after it
+    /// (designs that wait outside SRCU); taken by the caller.
+    pub(crate) fn take_deferred(&self) -> Option<SavedIoregion> {
+        self.deferred.lock().take()
     }
 
     /// Whether the last dispatch failed after its whole command was sent (and resets it).
@@ -282,8 +290,15 @@ impl Txn<'_> {
         }
     }
 
-    /// Transactional designs: the transaction is saved with references on what it uses.
-    fn save_transaction(&self, step: Step) {
+    /// Claims the access inside the SRCU read section: references on what it uses, the
+    /// transaction left for after the read section.
+    fn claim(&self) {
+        let saved = self.with_references(Step::NotStarted);
+        *self.vcpu.deferred.lock() = Some(saved);
+    }
+
+    /// A saved state holding references on the region's context and files.
+    fn with_references(&self, step: Step) -> SavedIoregion {
         let rec = self.ctx.rec;
         if let Some(c) = &self.p.ctx {
             crate::region::context_get(c, rec);
@@ -293,7 +308,12 @@ impl Txn<'_> {
         }
         let region = self.region.arc().expect("a region being dispatched is live");
         let txn = SavedTxn { region, params: self.p.clone(), command: self.command };
-        self.vcpu.save(self.saved(step, Some(txn)));
+        self.saved(step, Some(txn))
+    }
+
+    /// Transactional designs: the transaction is saved with references on what it uses.
+    fn save_transaction(&self, step: Step) {
+        self.vcpu.save(self.with_references(step));
     }
 
     fn files(&self) -> Vec<Arc<crate::fd::File>> {
@@ -547,6 +567,11 @@ pub(crate) fn ioregion_access(
         tag: resumed.as_ref().map_or_else(|| vcpu.current_tag(), |s| s.tag),
         command: cmd.encode(knobs.wire),
     };
+    if resumed.is_none() && knobs.waits_outside_srcu && !vcpu.sequential {
+        ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} claims {} on {region:?}", vcpu.id, txn.tag));
+        txn.claim();
+        return Ok(());
+    }
     if resumed.is_none()
         && let Some(c) = &p.ctx
     {
@@ -566,6 +591,40 @@ pub(crate) fn ioregion_access(
     }
     let step = resumed.map_or(Step::SendCmd, |s| s.step);
     txn.run(step, data)
+}
+
+/// Carries out a claimed access after the SRCU read section (designs that wait outside SRCU):
+/// takes the context (a signal here leaves the access not started), sends, waits for the
+/// response; then drops the claim's references.
+pub(crate) fn run_deferred(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &mut [u8]) -> Result<(), Errno> {
+    let (Some(vcpu), Some(t)) = (ctx.vcpu, &saved.txn) else { return Err(Errno::EOPNOTSUPP) };
+    let txn = Txn {
+        ctx,
+        vcpu,
+        knobs: *t.region.knobs(),
+        region: &t.region,
+        p: t.params.clone(),
+        bus: saved.bus,
+        addr: saved.addr,
+        is_write: !saved.is_read,
+        len: saved.len,
+        value: saved.value,
+        tag: saved.tag,
+        command: t.command,
+    };
+    let r = (|| {
+        if let Some(c) = &txn.p.ctx {
+            let pending = || vcpu.signal_pending();
+            let wait = Wait::Block { pending: &pending };
+            if c.lock(ctx.rec, txn.who(), &wait, false).is_err() {
+                vcpu.save(txn.saved(Step::NotStarted, None));
+                return Err(Errno::EINTR);
+            }
+        }
+        txn.run(Step::SendCmd, data)
+    })();
+    txn.release_saved();
+    r
 }
 
 /// Continues a saved transaction (seed, proposed) on its own region, from where it stopped.

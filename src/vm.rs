@@ -132,7 +132,9 @@ impl fmt::Display for KvmExit {
             KvmExit::IoregionFailure { addr, len, data, is_write: true } => {
                 write!(f, "exit ioregion-failure {addr:#x} {len} {:#x}", le_value(&data))
             }
-            KvmExit::IoregionFailure { addr, len, is_write: false, .. } => write!(f, "exit ioregion-failure {addr:#x} {len}"),
+            KvmExit::IoregionFailure { addr, len, is_write: false, .. } => {
+                write!(f, "exit ioregion-failure {addr:#x} {len}")
+            }
         }
     }
 }
@@ -370,8 +372,18 @@ impl Vm {
         }
     }
 
-    /// The outcome: handled, or (not handled) blocked, interrupted, or an exit to userspace.
+    /// The outcome: handled, or (not handled) blocked, interrupted, or an exit to userspace. An
+    /// access an ioregion claimed inside the SRCU read section is carried out first, outside it.
     fn finish(&self, result: Result<HandledBy, Errno>, a: &AccessCtx<'_>, exit: KvmExit) -> AccessOutcome {
+        let result = match a.vcpu.take_deferred() {
+            Some(d) => {
+                let mut data = d.value.to_le_bytes();
+                let region = d.txn.as_ref().map(|t| t.region.clone()).expect("a claimed access has its region");
+                let r = crate::vcpu::run_deferred(&self.ctx(a), &d, &mut data[..d.len]);
+                r.map(|()| region.handled_by(d.addr, &data[..d.len], !d.is_read))
+            }
+            None => result,
+        };
         let sent = a.vcpu.take_sent_unanswered();
         let outcome = match result {
             Ok(h) => AccessOutcome::Handled(h),
@@ -379,7 +391,9 @@ impl Vm {
                 (Some(why), _) => AccessOutcome::Blocked(why),
                 (None, true) => AccessOutcome::Interrupted,
                 (None, false) if sent && self.knobs.failure_exit => AccessOutcome::Exit(match exit {
-                    KvmExit::Mmio { addr, len, data, is_write } => KvmExit::IoregionFailure { addr, len, data, is_write },
+                    KvmExit::Mmio { addr, len, data, is_write } => {
+                        KvmExit::IoregionFailure { addr, len, data, is_write }
+                    }
                     KvmExit::Io { port, size, data, is_out } => {
                         KvmExit::IoregionFailure { addr: port as u64, len: size as u32, data, is_write: is_out }
                     }
@@ -495,8 +509,12 @@ impl Vm {
         }
         match &outcome {
             AccessOutcome::Handled(HandledBy::Ioregion { .. }) => self.io.rec.ended(vcpu.current_tag(), Ended::Device),
-            AccessOutcome::Exit(KvmExit::IoregionFailure { .. }) => self.io.rec.ended(vcpu.current_tag(), Ended::Unknown),
-            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => self.io.rec.ended(vcpu.current_tag(), Ended::Userspace),
+            AccessOutcome::Exit(KvmExit::IoregionFailure { .. }) => {
+                self.io.rec.ended(vcpu.current_tag(), Ended::Unknown)
+            }
+            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => {
+                self.io.rec.ended(vcpu.current_tag(), Ended::Userspace)
+            }
             _ => {}
         }
         self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN returns {outcome}", vcpu.id()));
