@@ -1,7 +1,7 @@
 //! ioregion scenarios: vCPUs dispatching to ioregions while device tasks answer and VMM threads
 //! change things, under each design.
 
-use super::{Expected, Failure, Scenario, finish};
+use super::{Expected, Failure, Scenario, finish, finish_with_teardown};
 use ioregionfd_model::bus::BusKind;
 use ioregionfd_model::design::Design;
 use ioregionfd_model::device::receive_model_command;
@@ -505,6 +505,31 @@ fn deassign_by_device_thread(design: Design) -> Result<(), Failure> {
     finish(&kvm, mark, true)
 }
 
+/// Two VMs share one fd; while a vCPU of VM 1 reads its region and the device answers, the VMM
+/// destroys VM 0 (its regions go); then the process exits (teardown), and nothing may be left.
+fn vm_destroyed_while_other_vm_uses_fd(design: Design) -> Result<(), Failure> {
+    let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
+    let config = VmConfig::for_design(&design.knobs());
+    let vms = [kvm.create_vm(config), kvm.create_vm(config)];
+    let (kfd, dfd) = transport(&kvm);
+    for (i, vm) in vms.iter().enumerate() {
+        region(&kvm, *vm, 0x1000, kfd, i as u64 + 1);
+    }
+    let dev = kvm.fget(dfd).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    let rec = kvm.recorder().clone();
+    let device = spawn_named("device", move || device_task(&rec, dev, design, 1));
+    let reader = vcpu_thread(&kvm, vms[1], 0, read_access(0x1000), 1);
+    let k = kvm.clone();
+    let vmm = spawn_named("vmm", move || k.vm(vms[0]).expect("vm").io.destroy());
+    let outcome = reader.join().expect("vcpu").1;
+    vmm.join().expect("vmm");
+    device.join().expect("device");
+    expect_outcome(&kvm, mark, &outcome, "ioregion 0x2 read 0x0 4 0x200")?;
+    finish_with_teardown(&kvm, mark, true)
+}
+
 fn for_designs(
     name: &'static str,
     summary: &'static str,
@@ -566,6 +591,16 @@ pub fn scenarios() -> Vec<Scenario> {
             || deassign_by_device_thread(Design::Proposed),
         ],
         [Expected::Violates("liveness"), Expected::Violates("liveness"), Expected::Holds],
+    ));
+    all.extend(for_designs(
+        "vm-destroyed-while-other-vm-uses-fd",
+        "two VMs share one fd; VM 0 is destroyed while VM 1 reads; then the process exits",
+        [
+            || vm_destroyed_while_other_vm_uses_fd(Design::Seed),
+            || vm_destroyed_while_other_vm_uses_fd(Design::RfcV3),
+            || vm_destroyed_while_other_vm_uses_fd(Design::Proposed),
+        ],
+        [Expected::Holds, Expected::Violates("no-leak"), Expected::Holds],
     ));
     all.extend(for_designs(
         "signal-while-sending",

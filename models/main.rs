@@ -109,18 +109,31 @@ pub fn verdict_after(kvm: &Kvm, mark: usize) -> Result<(), Failure> {
     }
 }
 
-/// The end of a scenario whose threads are all done: the violations after `mark`, the structural
-/// checks, the end-of-run checks (`exactly-once`, `liveness`), then teardown and `no-leak`.
-pub fn finish(kvm: &Kvm, mark: usize, devices_drained: bool) -> Result<(), Failure> {
-    verdict_after(kvm, mark)?;
-    let fail = |wrong: Vec<(&ioregionfd_model::invariants::Invariant, String)>| match wrong.into_iter().next() {
+fn fail_with(
+    kvm: &Kvm,
+    mark: usize,
+    wrong: Vec<(&ioregionfd_model::invariants::Invariant, String)>,
+) -> Result<(), Failure> {
+    match wrong.into_iter().next() {
         Some((inv, text)) => Err(failure_from(kvm.recorder(), mark, Some((inv.id.to_string(), text))).expect("one")),
         None => Ok(()),
-    };
-    fail(kvm.check_end(devices_drained))?;
+    }
+}
+
+/// The end of a scenario whose threads are all done: the violations after `mark`, the structural
+/// checks and the end-of-run checks (`exactly-once`, `liveness`). (Teardown and `no-leak` are the
+/// business of the teardown scenarios: see [`finish_with_teardown`].)
+pub fn finish(kvm: &Kvm, mark: usize, devices_drained: bool) -> Result<(), Failure> {
+    verdict_after(kvm, mark)?;
+    fail_with(kvm, mark, kvm.check_end(devices_drained))
+}
+
+/// [`finish`], then teardown (every VM destroyed, every fd closed) and `no-leak`.
+pub fn finish_with_teardown(kvm: &Kvm, mark: usize, devices_drained: bool) -> Result<(), Failure> {
+    finish(kvm, mark, devices_drained)?;
     kvm.teardown();
     verdict_after(kvm, mark)?;
-    fail(kvm.check_no_leak())
+    fail_with(kvm, mark, kvm.check_no_leak())
 }
 
 /// A scenario's own assertion (an outcome no design may produce), as a failure with the trace.

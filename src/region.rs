@@ -481,7 +481,8 @@ pub fn exact_overlap(start1: u64, size1: u64, start2: u64, size2: u64) -> bool {
 #[derive(Debug, Default)]
 pub struct ContextTable {
     by_inode: Mutex<HashMap<Inode, Weak<Context>>>,
-    all: Mutex<Vec<Weak<Context>>>,
+    /// Every context ever made, held (ghost) so that one the kernel would leak stays visible.
+    all: Mutex<Vec<Arc<Context>>>,
     next_id: Mutex<u64>,
 }
 
@@ -495,13 +496,13 @@ impl ContextTable {
     /// Registers a new context (so that a signal can wake its waiters).
     fn add(&self, ctx: Context) -> Arc<Context> {
         let ctx = Arc::new(ctx);
-        self.all.lock().push(Arc::downgrade(&ctx));
+        self.all.lock().push(ctx.clone());
         ctx
     }
 
-    /// Every context that still exists.
+    /// Every context ever made (freed or not).
     pub fn contexts(&self) -> Vec<Arc<Context>> {
-        self.all.lock().iter().filter_map(Weak::upgrade).collect()
+        self.all.lock().clone()
     }
 }
 

@@ -186,3 +186,24 @@ impl Recorder {
         self.0.with(|log| log.events.iter().map(|e| format!("{e}\n")).collect())
     }
 }
+
+#[cfg(all(test, not(loom), not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::fd::channel::Tag;
+
+    #[test]
+    fn order_and_duplicates_are_caught() {
+        let rec = Recorder::new();
+        let t = |seq| Tag { vm: 0, vcpu: 1, seq };
+        rec.delivered(t(1));
+        rec.delivered(t(3));
+        assert!(rec.violations().is_empty());
+        rec.delivered(t(2)); // after a later one of the same vCPU
+        assert_eq!(rec.violations()[0].invariant, "order");
+        rec.delivered(t(3)); // the same command again
+        assert_eq!(rec.violations()[1].invariant, "exactly-once");
+        rec.delivered(Tag { vm: 1, vcpu: 1, seq: 1 }); // another VM's vCPU 1: not ordered with these
+        assert_eq!(rec.violations().len(), 2);
+    }
+}

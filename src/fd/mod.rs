@@ -316,7 +316,8 @@ impl File {
 pub struct FdTable {
     files: BTreeMap<i32, Arc<File>>,
     channels: Vec<std::sync::Weak<Channel>>,
-    made: Vec<std::sync::Weak<File>>,
+    /// Every file ever made, held (ghost) so that one the kernel would leak stays visible.
+    made: Vec<Arc<File>>,
     next_file: u64,
     next_ino: u64,
     next_tmpfs_ino: u64,
@@ -374,7 +375,7 @@ impl FdTable {
         let id = self.next_file;
         self.next_file += 1;
         let file = Arc::new(File { id, inode, kind, nonblock, refs: Kref::new(1), life: Lifetime::new() });
-        self.made.push(Arc::downgrade(&file));
+        self.made.push(file.clone());
         file
     }
 
@@ -451,9 +452,9 @@ impl FdTable {
         self.files.remove(&fd).ok_or(Errno::EBADF)
     }
 
-    /// Every file made so far that still exists as an object (released or not).
+    /// Every file ever made (released or not).
     pub fn made(&self) -> Vec<Arc<File>> {
-        self.made.iter().filter_map(std::sync::Weak::upgrade).collect()
+        self.made.clone()
     }
 
     /// Open fd numbers, ascending.
