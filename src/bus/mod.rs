@@ -238,11 +238,41 @@ pub fn linux_bsearch(num: usize, mut cmp_key_with: impl FnMut(usize) -> i32) -> 
     None
 }
 
+/// An entry's side of `kvm_io_bus_cmp(access, entry)`, precomputed: its start, the value the
+/// access's end is compared with (its end, or its start for a len-0 entry), and whether the
+/// access's len counts (not for a len-0 entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CmpKey {
+    addr: u64,
+    bound: u64,
+    len_mask: u64,
+}
+
+impl CmpKey {
+    fn new(addr: u64, len: i32) -> Self {
+        if len != 0 {
+            CmpKey { addr, bound: addr.wrapping_add(len as i64 as u64), len_mask: u64::MAX }
+        } else {
+            CmpKey { addr, bound: addr, len_mask: 0 }
+        }
+    }
+
+    /// `kvm_io_bus_cmp((addr, len), entry)` with `ext` the access's len sign-extended.
+    #[inline]
+    fn cmp_access(&self, addr: u64, ext: u64) -> i32 {
+        let below = (addr < self.addr) as i32;
+        let above = (addr.wrapping_add(ext & self.len_mask) > self.bound) as i32;
+        above - (below * (1 + above))
+    }
+}
+
 /// One published array of a bus (`struct kvm_io_bus`): never changed after publication except
 /// `ioeventfd_count`, which `eventfd.c` adjusts under `slots_lock`.
 pub struct BusArray {
     /// `dev_count`, as the header stores it.
     dev_count: i32,
+    /// The entries' comparison keys, contiguous for the lookup (same order as `ranges`).
+    keys: Vec<CmpKey>,
     /// `ioeventfd_count`.
     ioeventfd_count: AtomicI32,
     /// `range[]`, sorted per [`kvm_io_bus_cmp`].
@@ -265,6 +295,7 @@ impl BusArray {
     fn new(ranges: Vec<IoRange>, ioeventfd_count: i32) -> Self {
         BusArray {
             dev_count: ranges.len() as i32,
+            keys: ranges.iter().map(|r| CmpKey::new(r.addr, r.len)).collect(),
             ioeventfd_count: AtomicI32::new(ioeventfd_count),
             ranges,
             life: Lifetime::new(),
@@ -296,10 +327,15 @@ impl BusArray {
     }
 
     /// `kvm_io_bus_get_first_dev`: bsearch, then walk back while the previous entry also matches.
+    ///
+    /// The probes are those of Linux's bsearch over `kvm_io_bus_cmp` (the nested-range quirk
+    /// depends on where it lands); each probe compares against the entry's precomputed
+    /// [`CmpKey`], which gives the same answer as `kvm_io_bus_cmp` without branches.
     pub fn get_first_dev(&self, addr: u64, len: i32) -> Option<usize> {
-        let key = (addr, len);
-        let mut off = linux_bsearch(self.dev_count as usize, |i| self.key_cmp(key, i))?;
-        while off > 0 && self.key_cmp(key, off - 1) == 0 {
+        let keys = &self.keys[..self.dev_count as usize];
+        let ext = len as i64 as u64;
+        let mut off = linux_bsearch(keys.len(), |i| keys[i].cmp_access(addr, ext))?;
+        while off > 0 && keys[off - 1].cmp_access(addr, ext) == 0 {
             off -= 1;
         }
         Some(off)
@@ -844,6 +880,26 @@ mod tests {
         assert_eq!(kvm_io_bus_cmp((0x1000, 4), (0x1000, i32::MIN)), 0);
         assert_eq!(kvm_io_bus_cmp((0xffff_0000_0000, 8), (0x1000, i32::MIN)), 0);
         assert_eq!(kvm_io_bus_cmp((0xfff, 1), (0x1000, i32::MIN)), -1);
+    }
+
+    #[test]
+    fn cmp_key_agrees_with_kvm_io_bus_cmp() {
+        let values = [0u64, 1, 7, 8, 9, 0x10, 0xffff_fff0, u64::MAX - 8, u64::MAX];
+        let lens = [0i32, 1, 2, 4, 8, 16, -1, -16, i32::MIN, i32::MAX];
+        for &a in &values {
+            for &la in &lens {
+                for &b in &values {
+                    for &lb in &lens {
+                        let key = CmpKey::new(b, lb);
+                        assert_eq!(
+                            key.cmp_access(a, la as i64 as u64),
+                            kvm_io_bus_cmp((a, la), (b, lb)),
+                            "access ({a:#x}, {la}) entry ({b:#x}, {lb})"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
