@@ -99,7 +99,7 @@ impl Design {
                 context_kref_init: 1,
                 collision: CollisionRule::Exact,
                 ioeventfd_checks_ioregions: true,
-                size_zero: SizeZero::PostedOnFastMmioToo,
+                size_zero: SizeZero::Doorbell,
                 sizes_fit_bus_len: true,
                 short_transfer: ShortTransfer::Continue,
                 refuses_nonblocking_fds: true,
@@ -168,9 +168,14 @@ pub enum CollisionRule {
 pub enum SizeZero {
     /// seed: not part of the document (`EINVAL`).
     Refused,
-    /// rfc-v3, proposed: allowed with posted writes only; an MMIO one is registered on FAST_MMIO
-    /// too (a second region with its own file references).
+    /// rfc-v3: allowed with posted writes only; an MMIO one is registered on FAST_MMIO too (a
+    /// second region with its own file references); a read sends its command and reads no
+    /// response.
     PostedOnFastMmioToo,
+    /// proposed: as rfc-v3, but a read exits to userspace without sending anything (nobody
+    /// answers a doorbell), and the region serializes its writes on the context of its write
+    /// file's inode.
+    Doorbell,
 }
 
 /// What a command or response that moves fewer than 32 bytes does.
@@ -244,7 +249,8 @@ pub struct Knobs {
     /// What a short command or response does.
     pub short_transfer: ShortTransfer,
     /// Whether `KVM_SET_IOREGION` refuses a read or write file opened `O_NONBLOCK` (`EINVAL`), as
-    /// RFC v2 did: KVM's transfers would get `EAGAIN` in the middle of a message.
+    /// RFC v2 did: KVM's transfers would get `EAGAIN` in the middle of a message; and a read file
+    /// and write file that are the two ends of one pipe or FIFO (KVM would read its own commands).
     pub refuses_nonblocking_fds: bool,
     /// What a signal does while a vCPU waits.
     pub on_signal: SignalRule,

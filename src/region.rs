@@ -686,7 +686,13 @@ impl KvmIo<RegionLists> {
         } else {
             None
         };
-        if knobs.refuses_nonblocking_fds && (wfile.nonblock() || rfile.as_ref().is_some_and(|f| f.nonblock())) {
+        let looped = rfile.as_ref().is_some_and(|r| {
+            r.inode() == wfile.inode()
+                && matches!(r.kind(), FileKind::PipeRead(_))
+                && matches!(wfile.kind(), FileKind::PipeWrite(_))
+        });
+        if knobs.refuses_nonblocking_fds && (looped || wfile.nonblock() || rfile.as_ref().is_some_and(|f| f.nonblock()))
+        {
             if let Some(rf) = &rfile {
                 rf.put(&self.rec);
             }
@@ -700,6 +706,12 @@ impl KvmIo<RegionLists> {
         let result = (|| {
             if self.collides(&slots, knobs, bus, args.guest_paddr, args.memory_size) {
                 return Err(Errno::EEXIST);
+            }
+            let doorbell = knobs.size_zero == crate::design::SizeZero::Doorbell && rfile.is_none();
+            if doorbell {
+                // proposed: a doorbell serializes its writes on its write file's context.
+                let (c, _) = self.find_context(&slots, host, knobs, bus, &wfile)?;
+                ctx = Some(c);
             }
             if let Some(rf) = &rfile {
                 let (c, shared) = self.find_context(&slots, host, knobs, bus, rf)?;
@@ -847,12 +859,15 @@ impl KvmIo<RegionLists> {
     }
 
     /// seed: when the ioregionfd's last userspace fd closes, `region` is dropped from this VM.
-    fn drop_on_last_close(self: &Arc<Self>, obj: &IoregionfdObject, region: &Arc<Ioregion>) {
+    fn drop_on_last_close(self: &Arc<Self>, obj: &Arc<IoregionfdObject>, region: &Arc<Ioregion>) {
         let io = Arc::downgrade(self);
         let target = Arc::downgrade(region);
+        let this = Arc::downgrade(obj);
         obj.on_release(Box::new(move |rec: &Recorder| {
             let (Some(io), Some(region)) = (io.upgrade(), target.upgrade()) else { return };
-            if !region.is_live() {
+            let still_ours =
+                matches!(&region.params().cmd, KernelEnd::Object(o) if std::ptr::eq(Arc::as_ptr(o), this.as_ptr()));
+            if !region.is_live() || !still_ours {
                 return;
             }
             rec.event(Some(io.vm), format_args!("last close of the ioregionfd drops {region:?}"));

@@ -567,7 +567,11 @@ pub(crate) fn ioregion_access(
         tag: resumed.as_ref().map_or_else(|| vcpu.current_tag(), |s| s.tag),
         command: cmd.encode(knobs.wire),
     };
-    if resumed.is_none() && knobs.waits_outside_srcu && !vcpu.sequential {
+    if !is_write && region.size() == 0 && knobs.size_zero == crate::design::SizeZero::Doorbell {
+        // proposed: nobody answers a doorbell; a read of one exits to userspace, nothing sent.
+        return Err(Errno::EOPNOTSUPP);
+    }
+    if resumed.is_none() && knobs.waits_outside_srcu {
         ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} claims {} on {region:?}", vcpu.id, txn.tag));
         txn.claim();
         return Ok(());
@@ -615,15 +619,25 @@ pub(crate) fn run_deferred(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &
     let r = (|| {
         if let Some(c) = &txn.p.ctx {
             let pending = || vcpu.signal_pending();
-            let wait = Wait::Block { pending: &pending };
-            if c.lock(ctx.rec, txn.who(), &wait, false).is_err() {
-                vcpu.save(txn.saved(Step::NotStarted, None));
-                return Err(Errno::EINTR);
+            let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
+            match c.lock(ctx.rec, txn.who(), &wait, false) {
+                Ok(()) => {}
+                Err(LockError::WouldBlock) => {
+                    vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
+                    return Err(Errno::EINTR);
+                }
+                Err(LockError::Interrupted) => {
+                    vcpu.save(txn.saved(Step::NotStarted, None));
+                    return Err(Errno::EINTR);
+                }
             }
         }
         txn.run(Step::SendCmd, data)
     })();
-    txn.release_saved();
+    // A vCPU that blocks (sequential model) keeps what it claimed: it is still in the transaction.
+    if vcpu.blocked().is_none() {
+        txn.release_saved();
+    }
     r
 }
 
