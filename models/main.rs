@@ -15,6 +15,7 @@ mod ioregion;
 
 use ioregionfd_model::kvm::Kvm;
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// What a scenario should conclude.
@@ -168,8 +169,10 @@ fn expected_text(e: Expected) -> String {
     }
 }
 
-#[cfg(loom)]
-mod explore {
+/// What loom and shuttle share: running a checker over a scenario, stopping at the first failing
+/// execution, and turning what stopped it (a failed check, a deadlock, a panic) into a failure.
+#[cfg(any(loom, feature = "shuttle"))]
+mod capture {
     use super::{Failure, Scenario};
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::sync::Mutex;
@@ -180,8 +183,22 @@ mod explore {
     static PANIC: Mutex<Option<String>> = Mutex::new(None);
     const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
 
-    /// Explores every interleaving of `s` up to `bound` preemptions.
-    pub fn run(s: &Scenario, bound: Option<usize>) -> (Option<Failure>, usize) {
+    /// One execution of `s` as the checker runs it: counted, and a failure stops the checker.
+    pub fn body(s: &Scenario) -> impl Fn() + Send + Sync + 'static {
+        let run = s.run;
+        move || {
+            EXECUTIONS.fetch_add(1, Ordering::SeqCst);
+            let _ = super::watched_failure(None);
+            if let Err(f) = run() {
+                FAILURE.lock().unwrap().get_or_insert(f);
+                std::panic::panic_any(STOP);
+            }
+        }
+    }
+
+    /// Runs `check` (which runs the checker over [`body`]) and reports the first failure and the
+    /// number of executions.
+    pub fn run_checked(check: impl FnOnce()) -> (Option<Failure>, usize) {
         EXECUTIONS.store(0, Ordering::SeqCst);
         *FAILURE.lock().unwrap() = None;
         *PANIC.lock().unwrap() = None;
@@ -198,20 +215,7 @@ mod explore {
                 PANIC.lock().unwrap().get_or_insert(format!("{msg}{at}"));
             }
         }));
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = bound;
-        builder.max_branches = 100_000;
-        let body = s.run;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            builder.check(move || {
-                EXECUTIONS.fetch_add(1, Ordering::SeqCst);
-                let _ = super::watched_failure(None);
-                if let Err(f) = body() {
-                    FAILURE.lock().unwrap().get_or_insert(f);
-                    std::panic::panic_any(STOP);
-                }
-            })
-        }));
+        let result = catch_unwind(AssertUnwindSafe(check));
         std::panic::set_hook(previous_hook);
         let executions = EXECUTIONS.load(Ordering::SeqCst);
         let failure = match result {
@@ -227,7 +231,51 @@ mod explore {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(loom)]
+mod explore {
+    use super::{Failure, Scenario, capture};
+
+    /// Explores every interleaving of `s` up to `bound` preemptions.
+    pub fn run(s: &Scenario, bound: Option<usize>) -> (Option<Failure>, usize) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = bound;
+        builder.max_branches = 100_000;
+        capture::run_checked(|| builder.check(capture::body(s)))
+    }
+}
+
+/// Schedules per shuttle scheduler (`--iterations N`, or `SHUTTLE_ITERATIONS`; default 1,000).
+static ITERATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1000);
+
+/// The shuttle explorer: PCT schedules (depth = the preemption bound + 1), then random ones, each
+/// from a fixed seed, [`ITERATIONS`] of each. A failing schedule
+/// is printed by shuttle as a string `shuttle::replay` accepts.
+#[cfg(all(feature = "shuttle", not(loom)))]
+mod explore {
+    use super::{Failure, Scenario, capture};
+    use shuttle::scheduler::{PctScheduler, RandomScheduler};
+    use shuttle::{Config, Runner};
+
+    const SEED: u64 = 0x10_5e61_0f0d;
+
+    pub fn run(s: &Scenario, bound: Option<usize>) -> (Option<Failure>, usize) {
+        let iterations = super::ITERATIONS.load(std::sync::atomic::Ordering::Relaxed);
+        let depth = bound.unwrap_or(2) + 1;
+        let config = || {
+            let mut c = Config::default();
+            // Shuttle treats every atomic as SeqCst; weak-memory effects are loom's job (said once
+            // in the run's header instead of once per scenario).
+            c.silence_warnings = true;
+            c
+        };
+        capture::run_checked(|| {
+            Runner::new(PctScheduler::new_from_seed(SEED, depth, iterations), config()).run(capture::body(s));
+            Runner::new(RandomScheduler::new_from_seed(SEED, iterations), config()).run(capture::body(s));
+        })
+    }
+}
+
+#[cfg(not(any(loom, feature = "shuttle")))]
 mod explore {
     use super::{Failure, Scenario};
     use std::time::Duration;
@@ -266,11 +314,19 @@ fn options() -> Result<(Option<usize>, Vec<String>), String> {
         Ok(v) => parse_bound(&v)?,
         Err(_) => Some(2),
     };
+    if let Ok(v) = std::env::var("SHUTTLE_ITERATIONS") {
+        ITERATIONS.store(v.parse().map_err(|_| format!("SHUTTLE_ITERATIONS={v} is not a number"))?, Ordering::Relaxed);
+    }
     let mut filters = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--" => {}
+            "--iterations" => {
+                let v = args.next().ok_or("--iterations needs a number")?;
+                ITERATIONS
+                    .store(v.parse().map_err(|_| format!("--iterations {v} is not a number"))?, Ordering::Relaxed);
+            }
             "--bound" => {
                 let v = args.next().ok_or("--bound needs a number or `none`")?;
                 bound = parse_bound(&v)?;
@@ -338,16 +394,28 @@ fn main() {
     let (bound, filters) = match options() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("models: {e}\nusage: cargo model [-- [--bound N|none] [NAME...]]");
+            eprintln!("models: {e}\nusage: cargo model [-- [--bound N|none] [--iterations N] [NAME...]]");
             std::process::exit(2);
         }
     };
-    let exhaustive = cfg!(loom);
+    let exhaustive = cfg!(any(loom, feature = "shuttle"));
     let all = catalogue();
     let chosen: Vec<&Scenario> =
         all.iter().filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str()))).collect();
     if exhaustive {
-        eprintln!("models: {} scenarios under loom, preemption bound {}", chosen.len(), bound_text(bound));
+        eprintln!(
+            "models: {} scenarios under {}, preemption bound {}",
+            chosen.len(),
+            ioregionfd_model::sync::BACKEND,
+            bound_text(bound)
+        );
+        if cfg!(feature = "shuttle") {
+            eprintln!(
+                "models: shuttle runs {} PCT and {} random schedules per scenario; it treats every atomic as SeqCst (weak memory is loom's job)",
+                ITERATIONS.load(Ordering::Relaxed),
+                ITERATIONS.load(Ordering::Relaxed)
+            );
+        }
     } else {
         eprintln!(
             "models: built without --cfg loom: each of {} scenarios runs once on real threads (a smoke run); `cargo model` explores every interleaving",
