@@ -9,9 +9,9 @@
 //!
 //! To replay one: `ioregionfd-model script --design rfc-v3 FILE` with the script in FILE.
 //!
-//! The `#[ignore = "model bug: ..."]` tests at the end are cases where the model contradicts the
-//! spec or the knob docs (not a defect of the design being modelled): each demands what the spec
-//! says and fails on the model as it is.
+//! The `model_bug_*` tests at the end are cases where the model contradicted the spec or the knob
+//! docs (not a defect of the design being modelled), once kept as ignored tests: each demands
+//! what the spec says, which the model now gives.
 
 use ioregionfd_model::design::Design;
 use ioregionfd_model::script::run_script;
@@ -477,8 +477,8 @@ violation route: vm0 vcpu2 access 1 completes with the response to vm0 vcpu1 acc
 /// `route`: "A read on a region without a context returns 0 here, having sent the command,
 /// without reading any response" (spec, dispatch step 3). The device answers that read (v3
 /// reads always have `resp` set); the answer stays on the socket, and the next read of the
-/// sized region takes it: 0 instead of the 0x11 written. proposed does the same: see the ignored
-/// `model_bug_proposed_size0_read_leaves_its_response_on_the_channel`.
+/// sized region takes it: 0 instead of the 0x11 written. proposed sends nothing for a doorbell
+/// read: see `model_bug_proposed_size0_read_leaves_its_response_on_the_channel`.
 #[test]
 fn rfc_v3_a_size0_read_leaves_its_response_for_the_next_access() {
     let script = "\
@@ -917,7 +917,7 @@ violation isolation: vm0 vcpu0 access 1 completes with the response to vm1 vcpu0
 /// One pipe as both read_fd and write_fd: KVM writes its command into the pipe and reads it
 /// back as the response (its own bytes, so `route` holds; bytes 8-31 are the command's user_data
 /// and offset: `wire`, and the guest reads 0x1200, the command's first bytes). The review thread
-/// says pipes are one-way; rfc-v3 does not check. proposed does not either: see the ignored
+/// says pipes are one-way; rfc-v3 does not check. proposed refuses it: see
 /// `model_bug_proposed_accepts_one_pipe_for_both_directions`.
 #[test]
 fn misuse_one_pipe_for_both_directions_reads_the_command_back() {
@@ -940,7 +940,8 @@ violation wire: vm0 vcpu0 access 1 reads a malformed response: reserved bits set
 }
 
 // ---------------------------------------------------------------------------------------------
-// An artifact of the sequential model (pinned; the proposed case is an ignored model bug below)
+// An artifact of the sequential model (pinned; proposed's blocked access keeps its claim: see the
+// model bugs below)
 // ---------------------------------------------------------------------------------------------
 
 /// `route` under seed: a read blocks (nobody serves the ioregionfd) holding the ioregionfd's
@@ -949,7 +950,8 @@ violation wire: vm0 vcpu0 access 1 reads a malformed response: reserved bits set
 /// response the device then gives to the blocked read. In the kernel the blocked vCPU is inside
 /// its SRCU read section, so the delete would wait for it in `synchronize_srcu` (the deadlock the
 /// `waits_outside_srcu` knob describes), and the blocked vCPU would read its own response; the
-/// sequential model abandons the blocked access instead. rfc-v3 does the same with DEASSIGN; proposed too
+/// sequential model abandons the blocked access instead. rfc-v3 does the same with DEASSIGN;
+/// proposed's blocked access keeps its claim and the context
 /// (`model_bug_proposed_blocked_access_loses_its_context_to_a_deassign`).
 #[test]
 fn sequential_artifact_seed_delete_under_a_blocked_access() {
@@ -979,19 +981,18 @@ violation route: vm0 vcpu1 access 1 completes with the response to vm0 vcpu0 acc
 }
 
 // ---------------------------------------------------------------------------------------------
-// Model bugs: the model contradicts the spec or the knob docs (each test demands the spec's
-// answer and fails on the model as it is)
+// Model bugs, fixed: the model contradicted the spec or the knob docs (the state machines found
+// each); each test demands the spec's answer, which the model now gives
 // ---------------------------------------------------------------------------------------------
 
 /// Spec, seed: "When the last userspace file descriptor of an ioregionfd is closed, all regions
 /// registered with it (in every VM) are dropped", and "Same (guest_paddr, memory_size) as an
 /// existing region -> modify it" (the seed order documented on `KvmIo::set_ioregion_seed`:
 /// "modifies that region (its user_data, flags and ioregionfd)"). After the modify the region is
-/// registered with ioregionfd 4, yet the last close of ioregionfd 3 drops it: the model leaves
-/// the release hook of the region's first ioregionfd in place and never checks which ioregionfd
-/// the region uses when the hook runs. The model prints `exit mmio 0x1000 4` for the read.
+/// registered with ioregionfd 4, so the last close of ioregionfd 3 leaves it in place. (The model
+/// used to leave the release hook of the region's first ioregionfd in place without checking
+/// which ioregionfd the region uses when the hook runs, and printed `exit mmio 0x1000 4`.)
 #[test]
-#[ignore = "model bug: seed's last close of an ioregionfd drops a region modified to use another ioregionfd"]
 fn model_bug_seed_last_close_drops_a_region_modified_to_another_ioregionfd() {
     prints(
         Design::Seed,
@@ -1010,17 +1011,14 @@ read 0 mmio 0x1000 4                       # the region is registered with fd 4
 }
 
 /// Spec, proposed: "every invariant in the crate's catalogue holds in every scenario, under every
-/// transport it supports". proposed keeps rfc-v3's rule that a read of a size-0 region sends its
-/// command and reads no response (the region has no context, `src/vcpu.rs`), and the device
-/// answers every read: the answer waits on the socket and the next access on that socket
-/// completes with it (`route`). The model prints, for the last read, `ioregion 0x1 read 0x0 4 0x0`
-/// and `violation route: vm0 vcpu2 access 1 completes with the response to vm0 vcpu1 access 1`.
-/// (A design fix: refuse reads of size-0 regions, or send them with `resp` clear and no answer.)
+/// transport it supports". A size-0 region is a doorbell (knob `size_zero`: nobody answers it): a
+/// read of one exits to userspace with nothing sent, so nothing is left on the channel for the
+/// next access. (proposed used to keep rfc-v3's rule, a read sends its command and reads no
+/// response; the device answered it and the next read on that socket completed with that answer:
+/// `route`.)
 #[test]
-#[ignore = "model bug: proposed lets a size-0 read leave its response on the channel (route)"]
 fn model_bug_proposed_size0_read_leaves_its_response_on_the_channel() {
-    let (out, _) = run(
-        Design::Proposed,
+    proposed_prints(
         "\
 vm
 socketpair
@@ -1028,54 +1026,48 @@ serve 4
 ioregion 0 mmio 0x1000 8 3 3 user_data=1
 ioregion 0 mmio 0x2000 0 3 3 user_data=2 posted
 write 0 mmio 0x1000 4 0x11
-read 0 mmio 0x2000 4
+read 0 mmio 0x2000 4                       # a doorbell read: an exit, nothing sent
 read 0 mmio 0x1000 4
 ",
+        "vm 0\nfd 3 4\nok\nok\nok\nioregion 0x1 write 0x0 4 0x11\nexit mmio 0x2000 4\nioregion 0x1 read 0x0 4 0x11\n",
     );
-    assert!(!out.contains("violation"), "{out}");
-    assert!(out.ends_with("ioregion 0x1 read 0x0 4 0x11\n"), "{out}");
 }
 
 /// Knob `waits_outside_srcu` (proposed): "inside it the ioregion only claims the access
-/// (references on the region, its context and files)". The sequential vCPU of `Kvm::access`
-/// takes no claim (`src/vcpu.rs` claims only for non-sequential vCPUs) and a blocked access
-/// holds nothing: the DEASSIGN frees the context it owns, the re-registered region gets a new,
-/// free context, and its read completes with the response to the blocked read (`route`). With
-/// the claim the blocked access would keep the context, and the new read would wait behind it.
-/// The model prints, for the last read, `ioregion 0x2 read 0x0 4 0x0` and `violation route:
-/// vm0 vcpu1 access 1 completes with the response to vm0 vcpu0 access 1`. The same sequence
-/// does it under seed (with `ioregion 0 mmio 0x1000 8 -1` as the delete) and rfc-v3.
+/// (references on the region, its context and files)", the sequential vCPUs of `Kvm::access`
+/// included. The blocked read keeps its claim and the context it locked: the DEASSIGN does not
+/// free that context, the re-registered region on the same inode shares it, and its read waits
+/// behind the blocked one (`blocked`). (Sequential accesses used to claim nothing: the DEASSIGN
+/// freed the context, the new region got a free one, and its read completed with the response
+/// to the blocked read: `route`. seed and rfc-v3 still do that, see
+/// `sequential_artifact_seed_delete_under_a_blocked_access`.)
 #[test]
-#[ignore = "model bug: a blocked sequential access holds no claim, so its context is freed under it (route)"]
 fn model_bug_proposed_blocked_access_loses_its_context_to_a_deassign() {
-    let (out, _) = run(
-        Design::Proposed,
+    proposed_prints(
         "\
 vm
 socketpair
 ioregion 0 mmio 0x1000 8 3 3 user_data=1
 read 0 mmio 0x1000 4                       # blocked: nobody serves fd 4
-ioregion 0 mmio 0x1000 8 3 3 deassign
+ioregion 0 mmio 0x1000 8 3 3 deassign      # the blocked read's claim keeps the context
 serve 4
-ioregion 0 mmio 0x1000 8 3 3 user_data=2
+ioregion 0 mmio 0x1000 8 3 3 user_data=2   # shares the context the blocked read holds
 read 0 mmio 0x1000 4
 ",
+        "vm 0\nfd 3 4\nok\nblocked\nok\nok\nok\nblocked\n",
     );
-    assert!(!out.contains("violation"), "{out}");
 }
 
 /// Knob `short_transfer` (proposed): "continue from the byte reached until all 32 have moved".
 /// A blocking stream socket with a small buffer takes 8 bytes of a command and the sequential
-/// vCPU is marked blocked with the other 24 never sent; a size-0 region on the same socket has
-/// no context, so nothing holds its posted write back: once the device drains the socket, its
-/// command lands behind the 8 stray bytes and the device reads a message made of two commands.
-/// The model prints `violation wire: a 32-byte message on the wire is made of bytes of vm0 vcpu1
-/// access 1 and vm0 vcpu2 access 1` after the last write.
+/// vCPU is marked blocked with the other 24 never sent, holding the context. A size-0 region on
+/// the same socket serializes its writes on the context of its write file's inode (knob
+/// `size_zero`), the same context: its posted write waits (`blocked`) instead of sending a
+/// command behind the 8 stray bytes. (A doorbell used to have no context, and the device read a
+/// message made of two commands: `wire`.)
 #[test]
-#[ignore = "model bug: proposed, a half-sent command of a blocked access and a size-0 doorbell interleave (wire)"]
 fn model_bug_proposed_half_sent_command_and_a_doorbell_interleave() {
-    let (out, _) = run(
-        Design::Proposed,
+    proposed_prints(
         "\
 vm
 socketpair stream buf=40
@@ -1084,29 +1076,25 @@ ioregion 0 mmio 0x2000 0 3 3 user_data=2 posted
 write 0 mmio 0x1000 4 0x1                  # 32 bytes queued
 write 0 mmio 0x1000 4 0x2                  # 8 bytes fit: blocked with 24 unsent
 serve 4
-write 0 mmio 0x2000 4 0x3                  # the doorbell's command follows the 8 bytes
+write 0 mmio 0x2000 4 0x3                  # the doorbell waits for the context
 ",
+        "vm 0\nfd 3 4\nok\nok\nioregion 0x1 write 0x0 4 0x1\nblocked\nok\nblocked\n",
     );
-    assert!(!out.contains("violation"), "{out}");
 }
 
 /// Spec, proposed, "every transport it supports", and the review thread's "pipes are one-way":
-/// proposed accepts one pipe as both read_fd and write_fd, then reads its own command back as
-/// the response (the bytes carry its own tag, so `route` holds, but bytes 8-31 are the command's
-/// user_data and offset: `wire`). The model prints `ioregion 0x1 read 0x4 4 0x1200` and
-/// `violation wire: vm0 vcpu0 access 1 reads a malformed response: reserved bits set in byte 8`.
-/// (A design fix: refuse a read_fd and write_fd that are the two ends of one pipe or FIFO.)
+/// knob `refuses_nonblocking_fds` also refuses (`EINVAL`) a read file and a write file that are
+/// the two ends of one pipe or FIFO, so the read finds no region and exits. (proposed used to
+/// accept them and read its own command back as the response: `wire`.)
 #[test]
-#[ignore = "model bug: proposed accepts one pipe as both read_fd and write_fd and reads its own command (wire)"]
 fn model_bug_proposed_accepts_one_pipe_for_both_directions() {
-    let (out, _) = run(
-        Design::Proposed,
+    proposed_prints(
         "\
 vm
 pipe
 ioregion 0 mmio 0x1000 8 3 4 user_data=1   # responses from the pipe the commands go into
 read 0 mmio 0x1004 4
 ",
+        "vm 0\nfd 3 4\nerr EINVAL\nexit mmio 0x1004 4\n",
     );
-    assert!(!out.contains("violation"), "{out}");
 }
