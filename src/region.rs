@@ -234,6 +234,9 @@ pub struct RegionParams {
     pub ctx: Option<Arc<Context>>,
     /// proposed: the region's own reference on its read file (responses are read through it).
     pub rfile: Option<Arc<File>>,
+    /// proposed: the context of the command channel when it is another inode than the response
+    /// channel, held while a command is sent (so every writer of a channel is serialized).
+    pub send_ctx: Option<Arc<Context>>,
 }
 
 /// One ioregion: a device on one bus of one VM.
@@ -328,7 +331,7 @@ impl Ioregion {
                 if let Some(rf) = &p.rfile {
                     rf.put(rec);
                 }
-                if let Some(ctx) = &p.ctx {
+                for ctx in p.ctx.iter().chain(p.send_ctx.iter()) {
                     ctx.put(rec);
                 }
             }
@@ -702,6 +705,7 @@ impl KvmIo<RegionLists> {
         let posted = args.flags & KVM_IOREGION_POSTED_WRITES != 0;
         let mut slots = self.slots.lock();
         let mut ctx = None;
+        let mut send_ctx = None;
         let mut keep_rfile = None;
         let result = (|| {
             if self.collides(&slots, knobs, bus, args.guest_paddr, args.memory_size) {
@@ -716,6 +720,10 @@ impl KvmIo<RegionLists> {
             if let Some(rf) = &rfile {
                 let (c, shared) = self.find_context(&slots, host, knobs, bus, rf)?;
                 ctx = Some(c);
+                if knobs.context == ContextRule::PerInode && rf.inode() != wfile.inode() {
+                    let (c, _) = self.find_context(&slots, host, knobs, bus, &wfile)?;
+                    send_ctx = Some(c);
+                }
                 keep_rfile = match knobs.context {
                     // rfc-v3: a new context keeps the region's reference; a shared one does not
                     // store it anywhere (a reference that is never put).
@@ -732,6 +740,7 @@ impl KvmIo<RegionLists> {
                 cmd: KernelEnd::File(wfile.clone()),
                 ctx: ctx.clone(),
                 rfile: keep_rfile.clone(),
+                send_ctx: send_ctx.clone(),
             };
             let id = host.contexts.next_id();
             let region = self.new_region(*knobs, bus, args.guest_paddr, args.memory_size, params, id);
@@ -750,7 +759,7 @@ impl KvmIo<RegionLists> {
         if let Err(e) = result {
             drop(slots);
             self.rec.event(Some(self.vm), format_args!("KVM_SET_IOREGION {bus} {:#x} fails: {e}", args.guest_paddr));
-            if let Some(c) = &ctx {
+            for c in ctx.iter().chain(send_ctx.iter()) {
                 c.put(&self.rec);
             }
             if let Some(rf) = &rfile {
@@ -820,6 +829,7 @@ impl KvmIo<RegionLists> {
             cmd: KernelEnd::Object(obj.clone()),
             ctx: Some(ctx.clone()),
             rfile: None,
+            send_ctx: None,
         };
         let mut slots = self.slots.lock();
         if let Some(existing) =

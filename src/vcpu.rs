@@ -300,7 +300,7 @@ impl Txn<'_> {
     /// A saved state holding references on the region's context and files.
     fn with_references(&self, step: Step) -> SavedIoregion {
         let rec = self.ctx.rec;
-        if let Some(c) = &self.p.ctx {
+        for c in self.p.ctx.iter().chain(self.p.send_ctx.iter()) {
             crate::region::context_get(c, rec);
         }
         for f in self.files() {
@@ -336,13 +336,40 @@ impl Txn<'_> {
         for f in self.files() {
             f.put(rec);
         }
-        if let Some(c) = &self.p.ctx {
+        for c in self.p.ctx.iter().chain(self.p.send_ctx.iter()) {
             crate::region::context_put(c, rec);
         }
     }
 
     /// SEND_CMD from byte `moved`. `None`: sent; `Some(r)`: the dispatch ends with `r`.
-    fn send(&self, mut moved: usize) -> Option<Result<(), Errno>> {
+    fn send(&self, moved: usize) -> Option<Result<(), Errno>> {
+        let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        let Some(sc) = &self.p.send_ctx else { return self.send_locked(moved) };
+        let pending = || vcpu.signal_pending();
+        let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
+        match sc.lock(rec, self.who(), &wait, false) {
+            Ok(()) => {}
+            Err(LockError::WouldBlock) => {
+                vcpu.block(format!("vcpu{} waits for {sc} forever", vcpu.id));
+                return Some(Err(Errno::EINTR));
+            }
+            Err(LockError::Interrupted) => {
+                // Nothing sent: the access starts afresh on the next KVM_RUN.
+                self.unlock();
+                vcpu.save(self.saved(Step::NotStarted, None));
+                return Some(Err(Errno::EINTR));
+            }
+        }
+        let r = self.send_locked(moved);
+        // A vCPU blocked in the middle of a message keeps the channel (nobody may write into it).
+        if vcpu.blocked().is_none() {
+            sc.unlock(rec, self.who());
+        }
+        r
+    }
+
+    /// SEND_CMD with the command channel to ourselves.
+    fn send_locked(&self, mut moved: usize) -> Option<Result<(), Errno>> {
         let (vcpu, rec) = (self.vcpu, self.ctx.rec);
         let interruptible = || vcpu.signal_pending();
         let uninterrupted = || false;

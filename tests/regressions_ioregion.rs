@@ -1098,3 +1098,27 @@ read 0 mmio 0x1004 4
         "vm 0\nfd 3 4\nerr EINVAL\nexit mmio 0x1004 4\n",
     );
 }
+
+/// proposed, "every transport it supports": a region may send its commands on one stream socket
+/// and read its responses from another; a size-0 doorbell on the command socket must not write
+/// into the middle of that region's half-sent command. The region's context is its response
+/// channel's; so proposed also takes the command channel's context (the doorbell's) around each
+/// send, and a vCPU blocked in the middle of a message keeps it: the doorbell waits (`blocked`)
+/// instead of garbling the wire. (Found by the state machines' author after the doorbell fix.)
+#[test]
+fn proposed_serializes_every_writer_of_a_command_channel() {
+    proposed_prints(
+        "\
+vm
+socketpair stream buf=40
+socketpair
+ioregion 0 mmio 0x1000 8 5 3 user_data=1 posted   # commands on fd 3, responses from fd 5
+ioregion 0 mmio 0x2000 0 3 3 user_data=2 posted   # a doorbell on fd 3
+write 0 mmio 0x1000 4 0x1
+write 0 mmio 0x1000 4 0x2                         # 8 of 32 bytes fit: blocked mid-message
+serve 4 6
+write 0 mmio 0x2000 4 0x3                         # waits for the command channel
+",
+        "vm 0\nfd 3 4\nfd 5 6\nok\nok\nioregion 0x1 write 0x0 4 0x1\nblocked\nok\nblocked\n",
+    );
+}
