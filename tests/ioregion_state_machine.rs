@@ -2344,14 +2344,18 @@ impl<P: Preset> StateMachineTest for Machine<P> {
     }
 }
 
-/// 1024 cases per design (`IOREGION_SM_CASES=N` runs another number).
+/// 1024 cases per design (`IOREGION_SM_CASES=N` runs another number). A failing case is saved
+/// to `tests/ioregion_state_machine.proptest-regressions` (commit it) and replayed first.
 fn config() -> Config {
     let cases = std::env::var("IOREGION_SM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     Config {
         cases,
         max_shrink_iters: 4096,
         max_local_rejects: (64 * cases).max(65_536),
-        failure_persistence: None,
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..Config::default()
     }
 }
