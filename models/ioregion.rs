@@ -544,103 +544,99 @@ fn for_designs(
         .collect()
 }
 
+/// Each scenario under seed, rfc-v3 and proposed, with its expected verdict under each.
+macro_rules! per_design {
+    ($name:literal, $summary:literal, $run:expr, [$seed:expr, $v3:expr, $proposed:expr]) => {
+        for_designs(
+            $name,
+            $summary,
+            [|| $run(Design::Seed), || $run(Design::RfcV3), || $run(Design::Proposed)],
+            [$seed, $v3, $proposed],
+        )
+    };
+}
+
+fn two_vcpus_sized(d: Design) -> Result<(), Failure> {
+    two_vcpus_one_fd(d, false)
+}
+
+fn two_vcpus_doorbell(d: Design) -> Result<(), Failure> {
+    two_vcpus_one_fd(d, true)
+}
+
+fn device_closes_before_reading(d: Design) -> Result<(), Failure> {
+    device_closes(d, 0)
+}
+
+fn device_closes_after_reading(d: Design) -> Result<(), Failure> {
+    device_closes(d, 1)
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     let mut all = base_scenarios();
-    all.extend(for_designs(
+    all.extend(per_design!(
         "two-vcpus-one-fd",
         "two vCPUs of one VM on one fd: a read, and a posted write to another region",
-        [
-            || two_vcpus_one_fd(Design::Seed, false),
-            || two_vcpus_one_fd(Design::RfcV3, false),
-            || two_vcpus_one_fd(Design::Proposed, false),
-        ],
-        [Expected::Holds, Expected::Holds, Expected::Holds],
+        two_vcpus_sized,
+        [Expected::Holds, Expected::Holds, Expected::Holds]
     ));
     all.extend(
-        for_designs(
+        per_design!(
             "sized-and-size0-one-fd",
             "one fd serves a sized region and a size-0 doorbell (posted) of one VM; a vCPU uses each",
-            [
-                || two_vcpus_one_fd(Design::Seed, true),
-                || two_vcpus_one_fd(Design::RfcV3, true),
-                || two_vcpus_one_fd(Design::Proposed, true),
-            ],
-            [Expected::Holds, Expected::Holds, Expected::Holds],
+            two_vcpus_doorbell,
+            [Expected::Holds, Expected::Holds, Expected::Holds]
         )
         .into_iter()
         .filter(|s| s.design != "seed"),
     );
-    all.extend(for_designs(
+    all.extend(per_design!(
         "device-closes-before-reading",
         "the device closes its end before it reads the command a vCPU sent",
-        [|| device_closes(Design::Seed, 0), || device_closes(Design::RfcV3, 0), || device_closes(Design::Proposed, 0)],
-        [Expected::Holds, Expected::Holds, Expected::Holds],
+        device_closes_before_reading,
+        [Expected::Holds, Expected::Holds, Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "device-closes-after-reading",
         "the device reads the command a vCPU sent, then closes its end without answering",
-        [|| device_closes(Design::Seed, 1), || device_closes(Design::RfcV3, 1), || device_closes(Design::Proposed, 1)],
-        [Expected::Violates("exactly-once"), Expected::Violates("exactly-once"), Expected::Holds],
+        device_closes_after_reading,
+        [Expected::Violates("exactly-once"), Expected::Violates("exactly-once"), Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "deassign-by-device-thread",
         "the thread serving the device removes the region after reading a command, before answering",
-        [
-            || deassign_by_device_thread(Design::Seed),
-            || deassign_by_device_thread(Design::RfcV3),
-            || deassign_by_device_thread(Design::Proposed),
-        ],
-        [Expected::Violates("liveness"), Expected::Violates("liveness"), Expected::Holds],
+        deassign_by_device_thread,
+        [Expected::Violates("liveness"), Expected::Violates("liveness"), Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "vm-destroyed-while-other-vm-uses-fd",
         "two VMs share one fd; VM 0 is destroyed while VM 1 reads; then the process exits",
-        [
-            || vm_destroyed_while_other_vm_uses_fd(Design::Seed),
-            || vm_destroyed_while_other_vm_uses_fd(Design::RfcV3),
-            || vm_destroyed_while_other_vm_uses_fd(Design::Proposed),
-        ],
-        [Expected::Holds, Expected::Violates("no-leak"), Expected::Holds],
+        vm_destroyed_while_other_vm_uses_fd,
+        [Expected::Holds, Expected::Violates("no-leak"), Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "signal-while-sending",
         "a stream socket nearly full: the command goes in part, a signal arrives, KVM_RUN again",
-        [
-            || signal_while_sending(Design::Seed),
-            || signal_while_sending(Design::RfcV3),
-            || signal_while_sending(Design::Proposed),
-        ],
-        [Expected::Holds, Expected::Violates("wire"), Expected::Holds],
+        signal_while_sending,
+        [Expected::Holds, Expected::Violates("wire"), Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "pio-and-mmio-one-fd",
         "one fd serves a PIO and an MMIO region of one VM; a vCPU reads each",
-        [
-            || pio_and_mmio_one_fd(Design::Seed),
-            || pio_and_mmio_one_fd(Design::RfcV3),
-            || pio_and_mmio_one_fd(Design::Proposed),
-        ],
-        [Expected::Holds, Expected::Violates("route"), Expected::Holds],
+        pio_and_mmio_one_fd,
+        [Expected::Holds, Expected::Violates("route"), Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "signal-waiting-for-context",
         "vcpu1 is signalled while it waits for the context vcpu0 holds, then runs KVM_RUN again",
-        [
-            || signal_waiting_for_context(Design::Seed),
-            || signal_waiting_for_context(Design::RfcV3),
-            || signal_waiting_for_context(Design::Proposed),
-        ],
-        [Expected::Holds, Expected::Violates("exclusive"), Expected::Holds],
+        signal_waiting_for_context,
+        [Expected::Holds, Expected::Violates("exclusive"), Expected::Holds]
     ));
-    all.extend(for_designs(
+    all.extend(per_design!(
         "region-replaced-before-resume",
         "a vCPU interrupted waiting for its reply resumes after the region was replaced",
-        [
-            || region_replaced_before_resume(Design::Seed),
-            || region_replaced_before_resume(Design::RfcV3),
-            || region_replaced_before_resume(Design::Proposed),
-        ],
-        [Expected::Holds, Expected::Violates("resume"), Expected::Holds],
+        region_replaced_before_resume,
+        [Expected::Holds, Expected::Violates("resume"), Expected::Holds]
     ));
     all
 }

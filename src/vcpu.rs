@@ -261,7 +261,26 @@ struct Txn<'a> {
     command: [u8; MESSAGE_SIZE],
 }
 
-impl Txn<'_> {
+impl<'a> Txn<'a> {
+    /// The transaction a saved state (with its transaction part) describes; `None` without one.
+    fn from_saved(ctx: &'a DispatchCtx<'a>, saved: &'a SavedIoregion) -> Option<Self> {
+        let (vcpu, t) = (ctx.vcpu?, saved.txn.as_ref()?);
+        Some(Txn {
+            ctx,
+            vcpu,
+            knobs: *t.region.knobs(),
+            region: &t.region,
+            p: t.params.clone(),
+            bus: saved.bus,
+            addr: saved.addr,
+            is_write: !saved.is_read,
+            len: saved.len,
+            value: saved.value,
+            tag: saved.tag,
+            command: t.command,
+        })
+    }
+
     fn who(&self) -> (usize, usize) {
         (self.vcpu.vm, self.vcpu.id)
     }
@@ -628,21 +647,8 @@ pub(crate) fn ioregion_access(
 /// takes the context (a signal here leaves the access not started), sends, waits for the
 /// response; then drops the claim's references.
 pub(crate) fn run_deferred(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &mut [u8]) -> Result<(), Errno> {
-    let (Some(vcpu), Some(t)) = (ctx.vcpu, &saved.txn) else { return Err(Errno::EOPNOTSUPP) };
-    let txn = Txn {
-        ctx,
-        vcpu,
-        knobs: *t.region.knobs(),
-        region: &t.region,
-        p: t.params.clone(),
-        bus: saved.bus,
-        addr: saved.addr,
-        is_write: !saved.is_read,
-        len: saved.len,
-        value: saved.value,
-        tag: saved.tag,
-        command: t.command,
-    };
+    let Some(txn) = Txn::from_saved(ctx, saved) else { return Err(Errno::EOPNOTSUPP) };
+    let vcpu = txn.vcpu;
     let r = (|| {
         if let Some(c) = &txn.p.ctx {
             let pending = || vcpu.signal_pending();
@@ -671,22 +677,8 @@ pub(crate) fn run_deferred(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &
 /// Continues a saved transaction (seed, proposed) on its own region, from where it stopped.
 /// Returns what the bus would have returned, and fills `data` for a read.
 pub(crate) fn continue_transaction(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &mut [u8]) -> Result<(), Errno> {
-    let (Some(vcpu), Some(t)) = (ctx.vcpu, &saved.txn) else { return Err(Errno::EOPNOTSUPP) };
-    let txn = Txn {
-        ctx,
-        vcpu,
-        knobs: *t.region.knobs(),
-        region: &t.region,
-        p: t.params.clone(),
-        bus: saved.bus,
-        addr: saved.addr,
-        is_write: !saved.is_read,
-        len: saved.len,
-        value: saved.value,
-        tag: saved.tag,
-        command: t.command,
-    };
-    ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} continues {saved:?} on {:?}", vcpu.id, t.region));
+    let Some(txn) = Txn::from_saved(ctx, saved) else { return Err(Errno::EOPNOTSUPP) };
+    ctx.rec.event(Some(txn.vcpu.vm), format_args!("vcpu{} continues {saved:?} on {:?}", txn.vcpu.id, txn.region));
     let r = txn.run(saved.step, data);
     // Done, failed, or interrupted again (a new saved state took its own references): the
     // references of the state being continued go.
