@@ -154,6 +154,27 @@ fn region_on(kvm: &Kvm, vm: usize, bus: BusKind, paddr: u64, fd: i32, user_data:
     r.expect("setup: KVM_SET_IOREGION");
 }
 
+/// KVM_RUN after KVM_RUN on `vcpu` while it returns `-EINTR` (at most `max_runs` times), the first
+/// one making `access` (if any); every outcome, in order.
+fn run_access(
+    vm: &ioregionfd_model::vm::Vm,
+    vcpu: &Vcpu,
+    access: Option<GuestAccess>,
+    max_runs: usize,
+) -> Vec<AccessOutcome> {
+    let mut outcomes = Vec::new();
+    let mut next = access;
+    for _ in 0..max_runs {
+        let o = vm.kvm_run(AccessCtx { vcpu, pump: None }, next.take());
+        let again = o == AccessOutcome::Interrupted;
+        outcomes.push(o);
+        if !again {
+            break;
+        }
+    }
+    outcomes
+}
+
 /// Runs `access` on a new vCPU of `vm` in its own thread, KVM_RUN after KVM_RUN while it returns
 /// `-EINTR` (at most `max_runs` times).
 fn vcpu_thread(
@@ -167,16 +188,7 @@ fn vcpu_thread(
     let vcpu = Arc::new(Vcpu::new(vm, id, false));
     spawn_named(&format!("vcpu{id}"), move || {
         let vm = kvm.vm(vm).expect("vm");
-        let mut outcomes = Vec::new();
-        let mut next = Some(access);
-        for _ in 0..max_runs {
-            let o = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, next.take());
-            let again = o == AccessOutcome::Interrupted;
-            outcomes.push(o);
-            if !again {
-                break;
-            }
-        }
+        let outcomes = run_access(&vm, &vcpu, Some(access), max_runs);
         (vcpu, outcomes)
     })
 }
@@ -229,17 +241,7 @@ fn signal_waiting_for_context(design: Design) -> Result<(), Failure> {
     let v1 = vcpu1.clone();
     let b = spawn_named("vcpu1", move || {
         let vm = kvm2.vm(vm).expect("vm");
-        let mut outcomes = Vec::new();
-        let mut next = Some(read_access(0x1004));
-        for _ in 0..3 {
-            let o = vm.kvm_run(AccessCtx { vcpu: &v1, pump: None }, next.take());
-            let again = o == AccessOutcome::Interrupted;
-            outcomes.push(o);
-            if !again {
-                break;
-            }
-        }
-        outcomes
+        run_access(&vm, &v1, Some(read_access(0x1004)), 3)
     });
     kvm.deliver_signal(&vcpu1);
     let oa = a.join().expect("vcpu0").1;
@@ -275,14 +277,7 @@ fn region_replaced_before_resume(design: Design) -> Result<(), Failure> {
     let rec = kvm.recorder().clone();
     let d1 = spawn_named("device", move || device_task(&rec, dev, design, 1));
     let mut outcomes = vec![first];
-    for _ in 0..3 {
-        let o = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, None);
-        let again = o == AccessOutcome::Interrupted;
-        outcomes.push(o);
-        if !again {
-            break;
-        }
-    }
+    outcomes.extend(run_access(&vm, &vcpu, None, 3));
     // Let the device finish: tear the system down (KVM's references go with the VM).
     kvm.teardown();
     d1.join().expect("device");
@@ -407,17 +402,7 @@ fn signal_while_sending(design: Design) -> Result<(), Failure> {
     let k = kvm.clone();
     let runner = spawn_named("vcpu0", move || {
         let vm = k.vm(vm_id).expect("vm");
-        let mut outcomes = Vec::new();
-        let mut next = Some(read_access(0x1000));
-        for _ in 0..3 {
-            let o = vm.kvm_run(AccessCtx { vcpu: &v, pump: None }, next.take());
-            let again = o == AccessOutcome::Interrupted;
-            outcomes.push(o);
-            if !again {
-                break;
-            }
-        }
-        outcomes
+        run_access(&vm, &v, Some(read_access(0x1000)), 3)
     });
     kvm.deliver_signal(&vcpu);
     let rec = kvm.recorder().clone();
