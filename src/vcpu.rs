@@ -295,6 +295,29 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// Takes the region's context (if it has one), waiting while another vCPU owns it. A
+    /// signal while waiting saves the access as not started and returns `-EINTR`; in the
+    /// sequential model a wait that could never end blocks the vCPU. `takes_on_signal` is
+    /// rfc-v3's defect (see [`crate::region::Context::lock`]): the interrupted waiter marks the
+    /// context busy anyway.
+    fn take_context(&self, takes_on_signal: bool) -> Result<(), Errno> {
+        let Some(c) = &self.p.ctx else { return Ok(()) };
+        let vcpu = self.vcpu;
+        let pending = || vcpu.signal_pending();
+        let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
+        match c.lock(self.ctx.rec, self.who(), &wait, takes_on_signal) {
+            Ok(()) => Ok(()),
+            Err(LockError::WouldBlock) => {
+                vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
+                Err(Errno::EINTR)
+            }
+            Err(LockError::Interrupted) => {
+                vcpu.save(self.saved(Step::NotStarted, None));
+                Err(Errno::EINTR)
+            }
+        }
+    }
+
     fn saved(&self, step: Step, txn: Option<SavedTxn>) -> SavedIoregion {
         SavedIoregion {
             bus: self.bus,
@@ -622,22 +645,8 @@ pub(crate) fn ioregion_access(
         txn.claim();
         return Ok(());
     }
-    if resumed.is_none()
-        && let Some(c) = &p.ctx
-    {
-        let pending = || vcpu.signal_pending();
-        let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
-        match c.lock(ctx.rec, txn.who(), &wait, knobs.on_signal == SignalRule::SaveAddressAndStep) {
-            Ok(()) => {}
-            Err(LockError::WouldBlock) => {
-                vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
-                return Err(Errno::EINTR);
-            }
-            Err(LockError::Interrupted) => {
-                vcpu.save(txn.saved(Step::NotStarted, None));
-                return Err(Errno::EINTR);
-            }
-        }
+    if resumed.is_none() {
+        txn.take_context(knobs.on_signal == SignalRule::SaveAddressAndStep)?;
     }
     let step = resumed.map_or(Step::SendCmd, |s| s.step);
     txn.run(step, data)
@@ -650,21 +659,7 @@ pub(crate) fn run_deferred(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &
     let Some(txn) = Txn::from_saved(ctx, saved) else { return Err(Errno::EOPNOTSUPP) };
     let vcpu = txn.vcpu;
     let r = (|| {
-        if let Some(c) = &txn.p.ctx {
-            let pending = || vcpu.signal_pending();
-            let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
-            match c.lock(ctx.rec, txn.who(), &wait, false) {
-                Ok(()) => {}
-                Err(LockError::WouldBlock) => {
-                    vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
-                    return Err(Errno::EINTR);
-                }
-                Err(LockError::Interrupted) => {
-                    vcpu.save(txn.saved(Step::NotStarted, None));
-                    return Err(Errno::EINTR);
-                }
-            }
-        }
+        txn.take_context(false)?;
         txn.run(Step::SendCmd, data)
     })();
     // A vCPU that blocks (sequential model) keeps what it claimed: it is still in the transaction.

@@ -316,6 +316,9 @@ struct Region {
     posted: bool,
     cmd: End,
     ctx: Option<usize>,
+    /// proposed: the context of the write file's inode when it is not the read file's; taken
+    /// around each SEND_CMD (every writer of a channel serialized).
+    send_ctx: Option<usize>,
     /// proposed: the region's own read file.
     rfile: Option<usize>,
     live: bool,
@@ -997,7 +1000,7 @@ impl World {
             if let Some(rf) = reg.rfile {
                 self.file_put(rf);
             }
-            if let Some(c) = reg.ctx {
+            for c in reg.ctx.into_iter().chain(reg.send_ctx) {
                 self.ctx_put(c);
             }
         }
@@ -1105,9 +1108,17 @@ impl World {
                 None if self.proposed() => Some(self.find_context(vm, bus, wf)?),
                 None => None,
             };
-            Ok(ctx)
+            // proposed: commands to another inode than the responses' also take that inode's
+            // context around each send
+            let send_ctx = match rf {
+                Some(rf) if self.proposed() && self.files[rf].ino != self.files[wf].ino => {
+                    Some(self.find_context(vm, bus, wf)?)
+                }
+                _ => None,
+            };
+            Ok((ctx, send_ctx))
         })();
-        let ctx = match result {
+        let (ctx, send_ctx) = match result {
             Ok(c) => c,
             Err(e) => {
                 if let Some(rf) = rf {
@@ -1126,6 +1137,7 @@ impl World {
             posted: a.flags & IOREGION_POSTED != 0,
             cmd: End::File(wf),
             ctx,
+            send_ctx,
             rfile: if self.proposed() { rf } else { None },
             live: true,
         });
@@ -1251,6 +1263,7 @@ impl World {
             posted,
             cmd: End::Obj(o),
             ctx: Some(ctx),
+            send_ctx: None,
             rfile: None,
             live: true,
         });
@@ -1516,7 +1529,7 @@ impl World {
             files.push(wf);
         }
         files.extend(reg.rfile);
-        if let Some(c) = reg.ctx {
+        for c in reg.ctx.into_iter().chain(reg.send_ctx) {
             self.ctx_get(c);
         }
         for &f in &files {
@@ -1528,7 +1541,7 @@ impl World {
             for &f in &files {
                 self.file_put(f);
             }
-            if let Some(c) = reg.ctx {
+            for c in reg.ctx.into_iter().chain(reg.send_ctx) {
                 self.ctx_put(c);
             }
         }
@@ -1558,6 +1571,17 @@ impl World {
         let data = value.unwrap_or(0);
         let image = encode_cmd(self.seed(), is_write, exp, resp, reg.user_data, addr.wrapping_sub(reg.paddr), data);
         let cont = self.proposed();
+        // proposed: the command channel's own context around the send (a vCPU blocked on it, or
+        // in the middle of its message, keeps what it holds)
+        if let Some(c) = reg.send_ctx {
+            if !self.ctxs[c].live {
+                self.lifetime();
+            } else if self.ctxs[c].busy {
+                return Err(Fail::Blocked);
+            } else {
+                self.ctxs[c].busy = true;
+            }
+        }
         // SEND_CMD: the bytes carry the access's ghost tag
         let mut moved = 0;
         loop {
@@ -1572,10 +1596,12 @@ impl World {
                 return Err(Fail::Blocked);
             }
             if !cont || !matches!(t, Tr::Done(n) if n > 0) {
+                self.unlock(reg.send_ctx);
                 self.unlock(reg.ctx);
                 return Err(Fail::Error);
             }
         }
+        self.unlock(reg.send_ctx);
         if !is_write && reg.ctx.is_none() {
             // "A read on a region without a context returns 0 here, having sent the command"
             return Ok(0);
