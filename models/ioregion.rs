@@ -3,7 +3,7 @@
 
 use super::{Expected, Failure, Scenario, finish, finish_with_teardown};
 use ioregionfd_model::bus::BusKind;
-use ioregionfd_model::design::Design;
+use ioregionfd_model::design::{Design, Knobs, SendLock};
 use ioregionfd_model::device::receive_model_command;
 use ioregionfd_model::fd::File;
 use ioregionfd_model::fd::channel::{ChannelKind, Transfer, Wait};
@@ -515,6 +515,49 @@ fn vm_destroyed_while_other_vm_uses_fd(design: Design) -> Result<(), Failure> {
     finish_with_teardown(&kvm, mark, true)
 }
 
+/// Two socketpairs wired crosswise: region A reads its responses on `a1` and sends its commands
+/// to `a2`, region B the other way round; a device task per pair end answers. A vCPU reads
+/// each region at once.
+fn cross_wired_regions(knobs: Knobs) -> Result<(), Failure> {
+    let design = knobs.design;
+    let kvm = Arc::new(Kvm::with_knobs(knobs, Recorder::new()));
+    let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
+    let (a1, b1) = kvm.socketpair(ChannelKind::Seqpacket, 4096, false);
+    let (a2, b2) = kvm.socketpair(ChannelKind::Seqpacket, 4096, false);
+    for (paddr, user_data, read_fd, write_fd) in [(0x1000, 1, a1, a2), (0x2000, 2, a2, a1)] {
+        let args = KvmIoregionV3 {
+            guest_paddr: paddr,
+            memory_size: 0x10,
+            user_data,
+            read_fd,
+            write_fd,
+            flags: 0,
+            pad: [0; 28],
+        };
+        kvm.set_ioregion_v3(vm, &args).expect("setup: KVM_SET_IOREGION");
+    }
+    let (d1, d2) = (kvm.fget(b1).expect("device fd"), kvm.fget(b2).expect("device fd"));
+    let mark = kvm.recorder().violation_count();
+    super::watch(&kvm, mark);
+    // A's commands arrive on b2 and its responses go out on b1; B's the other way round.
+    let devices = [(d2.clone(), d1.clone()), (d1, d2)].map(|(cmd, resp)| {
+        let rec = kvm.recorder().clone();
+        spawn_named("device", move || {
+            serve_commands(&rec, &cmd, &resp, design, 1);
+            cmd.put(&rec);
+        })
+    });
+    let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
+    let b = vcpu_thread(&kvm, vm, 1, read_access(0x2000), 1);
+    let (oa, ob) = (a.join().expect("vcpu0").1, b.join().expect("vcpu1").1);
+    for d in devices {
+        d.join().expect("device");
+    }
+    expect_outcome(&kvm, mark, &oa, "ioregion 0x1 read 0x0 4 0x100")?;
+    expect_outcome(&kvm, mark, &ob, "ioregion 0x2 read 0x0 4 0x200")?;
+    finish(&kvm, mark, true)
+}
+
 fn for_designs(
     name: &'static str,
     summary: &'static str,
@@ -623,6 +666,20 @@ pub fn scenarios() -> Vec<Scenario> {
         region_replaced_before_resume,
         [Expected::Holds, Expected::Violates("resume"), Expected::Holds]
     ));
+    all.push(Scenario {
+        name: "cross-wired-regions",
+        summary: "two regions on two socketpairs wired crosswise (A answers on B's command channel); a vCPU reads each",
+        design: "proposed",
+        expected: Expected::Holds,
+        run: || cross_wired_regions(Design::Proposed.knobs()),
+    });
+    all.push(Scenario {
+        name: "cross-wired-regions",
+        summary: "as above, a sender taking the response side of the command channel's context",
+        design: "defect:send-on-response-side",
+        expected: Expected::Violates("liveness"),
+        run: || cross_wired_regions(Knobs { send_lock: SendLock::ResponseSide, ..Design::Proposed.knobs() }),
+    });
     all
 }
 

@@ -66,6 +66,7 @@ impl Design {
                 forced_eintr_reads_run_page: false,
                 on_last_close: LastClose::DropRegions,
                 waits_outside_srcu: false,
+                send_lock: SendLock::OwnSide,
                 failure_exit: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
@@ -87,6 +88,7 @@ impl Design {
                 forced_eintr_reads_run_page: true,
                 on_last_close: LastClose::KeepRegions,
                 waits_outside_srcu: false,
+                send_lock: SendLock::OwnSide,
                 failure_exit: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: false,
@@ -108,6 +110,7 @@ impl Design {
                 forced_eintr_reads_run_page: false,
                 on_last_close: LastClose::KeepRegions,
                 waits_outside_srcu: true,
+                send_lock: SendLock::OwnSide,
                 failure_exit: true,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
@@ -173,8 +176,8 @@ pub enum SizeZero {
     /// response.
     PostedOnFastMmioToo,
     /// proposed: as rfc-v3, but a read exits to userspace without sending anything (nobody
-    /// answers a doorbell), and the region serializes its writes on the context of its write
-    /// file's inode.
+    /// answers a doorbell), and the region serializes its writes on the send side of its write
+    /// file's inode's context (as every proposed sender does; knob `send_lock`).
     Doorbell,
 }
 
@@ -222,6 +225,16 @@ pub enum LastClose {
     KeepRegions,
 }
 
+/// Which lock of a command channel's context a sender takes ([`Knobs::send_lock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SendLock {
+    /// The send side, held only around SEND_CMD (proposed; designs without per-inode contexts
+    /// never take a command channel's context).
+    OwnSide,
+    /// The response side, as a transaction does: the defect variant.
+    ResponseSide,
+}
+
 /// The named knobs of a design.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Knobs {
@@ -266,6 +279,11 @@ pub struct Knobs {
     /// context and files), so `synchronize_srcu` in a concurrent unregister never waits for a
     /// device (which may be the very thread unregistering).
     pub waits_outside_srcu: bool,
+    /// Which lock of a command channel's context (proposed, per-inode contexts) a sender takes:
+    /// the context's own send side, or its response side (a defect: a transaction holding its
+    /// response channel then waits for another channel's response side, so two regions wired
+    /// crosswise deadlock; `cross-wired-regions`).
+    pub send_lock: SendLock,
     /// Whether an access whose command was sent but whose response never came (the device closed
     /// or died) exits with `KVM_EXIT_IOREGIONFD_FAILURE` ("the device may have executed it")
     /// instead of a plain `KVM_EXIT_MMIO`/`KVM_EXIT_IO` that invites userspace to emulate it again.

@@ -13,7 +13,7 @@
 
 use crate::bus::BusKind;
 use crate::bus::ioeventfd::EventfdCtx;
-use crate::design::{Design, Transport};
+use crate::design::{Design, Knobs, Transport};
 use crate::device::{MemoryDevice, ServedDevice};
 use crate::errno::Errno;
 use crate::fd::channel::ChannelKind;
@@ -30,7 +30,7 @@ use crate::vm::{AccessCtx, AccessError, AccessOutcome, Vm, VmConfig};
 #[derive(Debug)]
 pub struct Kvm {
     rec: Recorder,
-    design: Design,
+    knobs: Knobs,
     files: Mutex<FdTable>,
     vms: Mutex<Vec<Arc<Vm>>>,
     contexts: ContextTable,
@@ -56,9 +56,24 @@ impl Kvm {
 
     /// A system under `design`, recording into `rec`.
     pub fn with_design(design: Design, rec: Recorder) -> Self {
+        Self::with_knobs(design.knobs(), rec)
+    }
+
+    /// A system under a design's knobs, some changed (the model catalogue's defect variants).
+    ///
+    /// ```
+    /// use ioregionfd_model::design::{Design, Knobs, SendLock};
+    /// use ioregionfd_model::kvm::Kvm;
+    /// use ioregionfd_model::trace::Recorder;
+    /// let knobs = Knobs { send_lock: SendLock::ResponseSide, ..Design::Proposed.knobs() };
+    /// let kvm = Kvm::with_knobs(knobs, Recorder::new());
+    /// assert_eq!(kvm.design(), Design::Proposed);
+    /// assert_eq!(kvm.knobs().send_lock, SendLock::ResponseSide);
+    /// ```
+    pub fn with_knobs(knobs: Knobs, rec: Recorder) -> Self {
         Kvm {
             rec,
-            design,
+            knobs,
             files: Mutex::new(FdTable::new()),
             vms: Mutex::new(Vec::new()),
             contexts: ContextTable::default(),
@@ -68,7 +83,12 @@ impl Kvm {
 
     /// The design.
     pub fn design(&self) -> Design {
-        self.design
+        self.knobs.design
+    }
+
+    /// The knobs in force.
+    pub fn knobs(&self) -> Knobs {
+        self.knobs
     }
 
     /// Changes the design; only before the first VM exists (`EINVAL` after).
@@ -76,7 +96,7 @@ impl Kvm {
         if !self.vms.lock().is_empty() {
             return Err(Errno::EINVAL);
         }
-        self.design = design;
+        self.knobs = design.knobs();
         Ok(())
     }
 
@@ -89,7 +109,7 @@ impl Kvm {
     pub fn create_vm(&self, config: VmConfig) -> usize {
         let mut vms = self.vms.lock();
         let id = vms.len();
-        vms.push(Arc::new(Vm::with_design(id, self.rec.clone(), config, self.design.knobs())));
+        vms.push(Arc::new(Vm::with_design(id, self.rec.clone(), config, self.knobs)));
         self.rec.event(Some(id), "created");
         id
     }
@@ -199,7 +219,7 @@ impl Kvm {
 
     /// `KVM_CREATE_IOREGIONFD` (seed design only; other designs have no such ioctl: `EINVAL`).
     pub fn ioregionfd(&self) -> Result<i32, Errno> {
-        if self.design.knobs().transport != Transport::IoregionfdObject {
+        if self.knobs.transport != Transport::IoregionfdObject {
             return Err(Errno::EINVAL);
         }
         let mut files = self.files.lock();
@@ -215,7 +235,7 @@ impl Kvm {
     /// seed, whose structure differs).
     pub fn set_ioregion_v3(&self, vm: usize, args: &KvmIoregionV3) -> Result<(), Errno> {
         let vm = self.vm_or_ebadf(vm)?;
-        let knobs = self.design.knobs();
+        let knobs = self.knobs;
         if knobs.transport != Transport::UserFds {
             return Err(Errno::EINVAL);
         }
@@ -226,7 +246,7 @@ impl Kvm {
     /// `KVM_SET_IOREGION` with the seed structure (seed only; `EINVAL` under other designs).
     pub fn set_ioregion_seed(&self, vm: usize, args: &KvmIoregionSeed) -> Result<(), Errno> {
         let vm = self.vm_or_ebadf(vm)?;
-        let knobs = self.design.knobs();
+        let knobs = self.knobs;
         if knobs.transport != Transport::IoregionfdObject {
             return Err(Errno::EINVAL);
         }
@@ -246,7 +266,7 @@ impl Kvm {
                 return Err(e);
             }
         };
-        let format = self.design.knobs().wire;
+        let format = self.knobs.wire;
         self.served.lock().push(ServedDevice::new(cmd, resp, format, Box::new(MemoryDevice::default())));
         self.pump();
         Ok(())

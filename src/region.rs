@@ -79,14 +79,31 @@ struct LockState {
 /// The serialization context of a response channel (`struct ioregionfd` in rfc-v3): a wait queue
 /// and `busy` flag that let one transaction at a time use the channel, a reference count, and
 /// where responses are read.
+///
+/// proposed also serializes the writers of a command channel on the context of its inode, with
+/// a second lock of the same kind ([`Side::Send`]), taken only around SEND_CMD. Lock order: a
+/// transaction takes its response side first; nothing waits for anything while it holds a send
+/// side, so two regions wired crosswise cannot wait on each other.
 pub struct Context {
     id: u64,
     resp: Option<KernelEnd>,
     key: Option<Inode>,
     state: Mutex<LockState>,
     wq: Condvar,
+    send_state: Mutex<LockState>,
+    send_wq: Condvar,
     kref: Kref,
     life: Lifetime,
+}
+
+/// Which of a context's two locks: the transaction's (a response channel) or, in proposed, the
+/// one held around a send (a command channel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Held for a whole transaction: one reader of the response channel at a time.
+    Response,
+    /// Held around SEND_CMD only: one writer of the command channel at a time.
+    Send,
 }
 
 impl fmt::Debug for Context {
@@ -122,6 +139,8 @@ impl Context {
             key,
             state: Mutex::new(LockState::default()),
             wq: Condvar::new(),
+            send_state: Mutex::new(LockState::default()),
+            send_wq: Condvar::new(),
             kref: Kref::new(kref_init),
             life: Lifetime::new(),
         }
@@ -152,10 +171,23 @@ impl Context {
         wait: &Wait<'_>,
         takes_on_signal: bool,
     ) -> Result<(), LockError> {
+        self.lock_side(Side::Response, rec, who, wait, takes_on_signal)
+    }
+
+    /// [`lock`](Self::lock) on either side of the context.
+    pub fn lock_side(
+        &self,
+        side: Side,
+        rec: &Recorder,
+        who: (usize, usize),
+        wait: &Wait<'_>,
+        takes_on_signal: bool,
+    ) -> Result<(), LockError> {
         if !self.life.check_use(rec, self) {
             return Ok(());
         }
-        let mut s = self.state.lock();
+        let (state, wq) = self.side(side);
+        let mut s = state.lock();
         loop {
             if !s.busy {
                 break;
@@ -168,42 +200,60 @@ impl Context {
                     }
                     return Err(LockError::Interrupted);
                 }
-                Wait::Block { .. } => self.wq.wait(&mut s),
+                Wait::Block { .. } => wq.wait(&mut s),
             }
         }
         s.busy = true;
+        let what = if side == Side::Send { " for sending" } else { "" };
         if !s.owners.is_empty() {
             rec.violation(
                 &crate::invariants::EXCLUSIVE,
-                format_args!("vcpu{} of vm{} takes {self} while {:?} still owns it", who.1, who.0, s.owners),
+                format_args!("vcpu{} of vm{} takes {self}{what} while {:?} still owns it", who.1, who.0, s.owners),
             );
         }
         s.owners.push(who);
-        rec.event(Some(who.0), format_args!("vcpu{} takes {self} (owners now {:?})", who.1, s.owners));
+        rec.event(Some(who.0), format_args!("vcpu{} takes {self}{what} (owners now {:?})", who.1, s.owners));
         Ok(())
+    }
+
+    fn side(&self, side: Side) -> (&Mutex<LockState>, &Condvar) {
+        match side {
+            Side::Response => (&self.state, &self.wq),
+            Side::Send => (&self.send_state, &self.send_wq),
+        }
     }
 
     /// `ioregion_unlock_ctx`: `busy = false`, wake one waiter.
     pub fn unlock(&self, rec: &Recorder, who: (usize, usize)) {
+        self.unlock_side(Side::Response, rec, who);
+    }
+
+    /// [`unlock`](Self::unlock) on either side of the context.
+    pub fn unlock_side(&self, side: Side, rec: &Recorder, who: (usize, usize)) {
         if !self.life.check_use(rec, self) {
             return;
         }
-        let mut s = self.state.lock();
+        let (state, wq) = self.side(side);
+        let mut s = state.lock();
         s.busy = false;
         s.owners.retain(|o| *o != who);
-        rec.event(Some(who.0), format_args!("vcpu{} releases {self}", who.1));
-        self.wq.notify_one();
+        let what = if side == Side::Send { " for sending" } else { "" };
+        rec.event(Some(who.0), format_args!("vcpu{} releases {self}{what}", who.1));
+        wq.notify_one();
     }
 
-    /// Wakes every waiter (a signal was delivered to one of them).
+    /// Wakes every waiter on both sides (a signal was delivered to one of them).
     pub fn wake_all(&self) {
-        let _s = self.state.lock();
-        self.wq.notify_all();
+        for side in [Side::Response, Side::Send] {
+            let (state, wq) = self.side(side);
+            let _s = state.lock();
+            wq.notify_all();
+        }
     }
 
-    /// Ghost: how many vCPUs believe they own the context now.
+    /// Ghost: how many vCPUs believe they own the context now (either side).
     pub fn owners(&self) -> usize {
-        self.state.lock().owners.len()
+        self.state.lock().owners.len() + self.send_state.lock().owners.len()
     }
 
     fn get(&self, rec: &Recorder) {
@@ -711,19 +761,15 @@ impl KvmIo<RegionLists> {
             if self.collides(&slots, knobs, bus, args.guest_paddr, args.memory_size) {
                 return Err(Errno::EEXIST);
             }
-            let doorbell = knobs.size_zero == crate::design::SizeZero::Doorbell && rfile.is_none();
-            if doorbell {
-                // proposed: a doorbell serializes its writes on its write file's context.
+            if knobs.context == ContextRule::PerInode {
+                // proposed: every writer of a command channel (a doorbell too) takes the send
+                // side of its inode's context around each send.
                 let (c, _) = self.find_context(&slots, host, knobs, bus, &wfile)?;
-                ctx = Some(c);
+                send_ctx = Some(c);
             }
             if let Some(rf) = &rfile {
                 let (c, shared) = self.find_context(&slots, host, knobs, bus, rf)?;
                 ctx = Some(c);
-                if knobs.context == ContextRule::PerInode && rf.inode() != wfile.inode() {
-                    let (c, _) = self.find_context(&slots, host, knobs, bus, &wfile)?;
-                    send_ctx = Some(c);
-                }
                 keep_rfile = match knobs.context {
                     // rfc-v3: a new context keeps the region's reference; a shared one does not
                     // store it anywhere (a reference that is never put).

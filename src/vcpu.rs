@@ -25,7 +25,7 @@ use crate::design::{Knobs, ResumeRule, ShortTransfer, SignalRule};
 use crate::errno::Errno;
 use crate::fd::channel::{Tag, Transfer, Wait};
 use crate::invariants::{ISOLATION, LIFETIME, ROUTE, WIRE};
-use crate::region::{Ioregion, KernelEnd, LockError, RegionParams};
+use crate::region::{Ioregion, KernelEnd, LockError, RegionParams, Side};
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::wire::{MESSAGE_SIZE, Response};
@@ -389,7 +389,11 @@ impl<'a> Txn<'a> {
         let Some(sc) = &self.p.send_ctx else { return self.send_locked(moved) };
         let pending = || vcpu.signal_pending();
         let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
-        match sc.lock(rec, self.who(), &wait, false) {
+        let side = match self.knobs.send_lock {
+            crate::design::SendLock::OwnSide => Side::Send,
+            crate::design::SendLock::ResponseSide => Side::Response,
+        };
+        match sc.lock_side(side, rec, self.who(), &wait, false) {
             Ok(()) => {}
             Err(LockError::WouldBlock) => {
                 vcpu.block(format!("vcpu{} waits for {sc} forever", vcpu.id));
@@ -405,7 +409,7 @@ impl<'a> Txn<'a> {
         let r = self.send_locked(moved);
         // A vCPU blocked in the middle of a message keeps the channel (nobody may write into it).
         if vcpu.blocked().is_none() {
-            sc.unlock(rec, self.who());
+            sc.unlock_side(side, rec, self.who());
         }
         r
     }

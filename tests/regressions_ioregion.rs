@@ -1060,10 +1060,10 @@ read 0 mmio 0x1000 4
 
 /// Knob `short_transfer` (proposed): "continue from the byte reached until all 32 have moved".
 /// A blocking stream socket with a small buffer takes 8 bytes of a command and the sequential
-/// vCPU is marked blocked with the other 24 never sent, holding the context. A size-0 region on
-/// the same socket serializes its writes on the context of its write file's inode (knob
-/// `size_zero`), the same context: its posted write waits (`blocked`) instead of sending a
-/// command behind the 8 stray bytes. (A doorbell used to have no context, and the device read a
+/// vCPU is marked blocked with the other 24 never sent, holding the send side of the socket's
+/// context. A size-0 region on the same socket serializes its writes on that send side too (knob
+/// `size_zero`, `send_lock`): its posted write waits (`blocked`) instead of sending a command
+/// behind the 8 stray bytes. (A doorbell used to have no context, and the device read a
 /// message made of two commands: `wire`.)
 #[test]
 fn model_bug_proposed_half_sent_command_and_a_doorbell_interleave() {
@@ -1076,7 +1076,7 @@ ioregion 0 mmio 0x2000 0 3 3 user_data=2 posted
 write 0 mmio 0x1000 4 0x1                  # 32 bytes queued
 write 0 mmio 0x1000 4 0x2                  # 8 bytes fit: blocked with 24 unsent
 serve 4
-write 0 mmio 0x2000 4 0x3                  # the doorbell waits for the context
+write 0 mmio 0x2000 4 0x3                  # the doorbell waits for the send side
 ",
         "vm 0\nfd 3 4\nok\nok\nioregion 0x1 write 0x0 4 0x1\nblocked\nok\nblocked\n",
     );
