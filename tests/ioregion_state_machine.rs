@@ -1556,19 +1556,27 @@ impl World {
         out
     }
 
+    /// Takes a context's response side (or, `send`, its send side): `Blocked` when another
+    /// access holds it; a freed context is a `lifetime` violation (and nothing to wait for).
+    fn take(&mut self, ctx: Option<usize>, send: bool) -> Result<(), Fail> {
+        let Some(c) = ctx else { return Ok(()) };
+        if !self.ctxs[c].live {
+            self.lifetime();
+            return Ok(());
+        }
+        let busy = if send { &mut self.ctxs[c].send_busy } else { &mut self.ctxs[c].busy };
+        if *busy {
+            return Err(Fail::Blocked);
+        }
+        *busy = true;
+        Ok(())
+    }
+
     /// Takes the region's context, SEND_CMD, GET_REPLY, releases the context.
     fn transaction(&mut self, r: usize, tag: Tag, addr: u64, len: usize, value: Option<u64>) -> Result<u64, Fail> {
         let reg = self.regions[r].clone();
         let is_write = value.is_some();
-        if let Some(c) = reg.ctx {
-            if !self.ctxs[c].live {
-                self.lifetime();
-            } else if self.ctxs[c].busy {
-                return Err(Fail::Blocked);
-            } else {
-                self.ctxs[c].busy = true;
-            }
-        }
+        self.take(reg.ctx, false)?;
         let exp = match len {
             0 | 1 => 0, // len 0 (FAST_MMIO) is sent as size_exponent 0
             2 => 1,
@@ -1581,15 +1589,7 @@ impl World {
         let cont = self.proposed();
         // proposed: the command channel's own context around the send (a vCPU blocked on it, or
         // in the middle of its message, keeps what it holds)
-        if let Some(c) = reg.send_ctx {
-            if !self.ctxs[c].live {
-                self.lifetime();
-            } else if self.ctxs[c].send_busy {
-                return Err(Fail::Blocked);
-            } else {
-                self.ctxs[c].send_busy = true;
-            }
-        }
+        self.take(reg.send_ctx, true)?;
         // SEND_CMD: the bytes carry the access's ghost tag
         let mut moved = 0;
         loop {
