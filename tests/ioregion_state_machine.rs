@@ -1496,22 +1496,23 @@ impl World {
     }
 
     fn unlock_send(&mut self, ctx: Option<usize>) {
-        if let Some(c) = ctx {
-            if self.ctxs[c].live {
-                self.ctxs[c].send_busy = false;
-            } else {
-                self.lifetime();
-            }
-        }
+        self.release_side(ctx, true);
     }
 
     fn unlock(&mut self, ctx: Option<usize>) {
-        if let Some(c) = ctx {
-            if self.ctxs[c].live {
-                self.ctxs[c].busy = false;
-            } else {
-                self.lifetime();
-            }
+        self.release_side(ctx, false);
+    }
+
+    /// Releases a context's response side (or, `send`, its send side); a freed context is a
+    /// `lifetime` violation.
+    fn release_side(&mut self, ctx: Option<usize>, send: bool) {
+        let Some(c) = ctx else { return };
+        if !self.ctxs[c].live {
+            self.lifetime();
+        } else if send {
+            self.ctxs[c].send_busy = false;
+        } else {
+            self.ctxs[c].busy = false;
         }
     }
 
