@@ -23,6 +23,22 @@ fn device_task(rec: &Recorder, file: Arc<File>, design: Design, count: usize) {
     file.put(rec);
 }
 
+/// Starts the scenario proper: takes the device's reference on `dfd`, marks the violations so far
+/// (setup findings are not the scenario's) and watches from there, then starts [`device_task`]
+/// answering `count` commands in a thread of its own. Returns the mark and the device thread.
+fn watch_and_serve(
+    kvm: &Kvm,
+    dfd: i32,
+    design: Design,
+    count: usize,
+) -> (usize, ioregionfd_model::sync::thread::JoinHandle<()>) {
+    let dev = kvm.fget(dfd).expect("device fd");
+    let mark = kvm.recorder().violation_count();
+    super::watch(kvm, mark);
+    let rec = kvm.recorder().clone();
+    (mark, spawn_named("device", move || device_task(&rec, dev, design, count)))
+}
+
 fn serve_commands(rec: &Recorder, cmd: &File, resp: &File, design: Design, count: usize) {
     let never = || false;
     let wait = Wait::Block { pending: &never };
@@ -105,11 +121,7 @@ fn two_vms_one_fd(design: Design) -> Result<(), Failure> {
     for (i, vm) in vms.iter().enumerate() {
         region(&kvm, *vm, 0x1000, kfd, i as u64 + 1);
     }
-    let dev = kvm.fget(dfd).expect("device fd");
-    let mark = kvm.recorder().violation_count();
-    super::watch(&kvm, mark);
-    let rec = kvm.recorder().clone();
-    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let (mark, device) = watch_and_serve(&kvm, dfd, design, 2);
     let vcpus: Vec<_> = vms
         .iter()
         .map(|&vm| {
@@ -200,11 +212,7 @@ fn pio_and_mmio_one_fd(design: Design) -> Result<(), Failure> {
     let (kfd, dfd) = transport(&kvm);
     region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
     region_on(&kvm, vm, BusKind::Pio, 0x60, kfd, 2);
-    let dev = kvm.fget(dfd).expect("device fd");
-    let mark = kvm.recorder().violation_count();
-    super::watch(&kvm, mark);
-    let rec = kvm.recorder().clone();
-    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let (mark, device) = watch_and_serve(&kvm, dfd, design, 2);
     let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
     let b = vcpu_thread(&kvm, vm, 1, GuestAccess { bus: BusKind::Pio, addr: 0x60, len: 4, value: None }, 1);
     let (oa, ob) = (a.join().expect("vcpu0").1, b.join().expect("vcpu1").1);
@@ -230,11 +238,7 @@ fn signal_waiting_for_context(design: Design) -> Result<(), Failure> {
     let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
     let (kfd, dfd) = transport(&kvm);
     region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
-    let dev = kvm.fget(dfd).expect("device fd");
-    let mark = kvm.recorder().violation_count();
-    super::watch(&kvm, mark);
-    let rec = kvm.recorder().clone();
-    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let (mark, device) = watch_and_serve(&kvm, dfd, design, 2);
     let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 3);
     let kvm2 = kvm.clone();
     let vcpu1 = Arc::new(Vcpu::new(vm, 1, false));
@@ -340,11 +344,7 @@ fn two_vcpus_one_fd(design: Design, doorbell: bool) -> Result<(), Failure> {
         kvm.set_ioregion_v3(vm, &args)
     };
     r.expect("setup: the posted region");
-    let dev = kvm.fget(dfd).expect("device fd");
-    let mark = kvm.recorder().violation_count();
-    super::watch(&kvm, mark);
-    let rec = kvm.recorder().clone();
-    let device = spawn_named("device", move || device_task(&rec, dev, design, 2));
+    let (mark, device) = watch_and_serve(&kvm, dfd, design, 2);
     let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
     let b = vcpu_thread(&kvm, vm, 1, GuestAccess { bus: BusKind::Mmio, addr: 0x2000, len: 4, value: Some(7) }, 1);
     let (oa, ob) = (a.join().expect("vcpu0").1, b.join().expect("vcpu1").1);
@@ -500,11 +500,7 @@ fn vm_destroyed_while_other_vm_uses_fd(design: Design) -> Result<(), Failure> {
     for (i, vm) in vms.iter().enumerate() {
         region(&kvm, *vm, 0x1000, kfd, i as u64 + 1);
     }
-    let dev = kvm.fget(dfd).expect("device fd");
-    let mark = kvm.recorder().violation_count();
-    super::watch(&kvm, mark);
-    let rec = kvm.recorder().clone();
-    let device = spawn_named("device", move || device_task(&rec, dev, design, 1));
+    let (mark, device) = watch_and_serve(&kvm, dfd, design, 1);
     let reader = vcpu_thread(&kvm, vms[1], 0, read_access(0x1000), 1);
     let k = kvm.clone();
     let vmm = spawn_named("vmm", move || k.vm(vms[0]).expect("vm").io.destroy());
