@@ -195,6 +195,29 @@ pub enum TransportKind {
     Fifo,
 }
 
+impl TransportKind {
+    /// Creates the transport on `kvm` with buffer `buf` (default: Linux's default for the kind)
+    /// and returns its two fds, as the script's `socketpair`, `pipe` and `fifo` do.
+    ///
+    /// ```
+    /// use ioregionfd_model::kvm::Kvm;
+    /// use ioregionfd_model::script::TransportKind;
+    /// use ioregionfd_model::trace::Recorder;
+    /// let kvm = Kvm::with_recorder(Recorder::new());
+    /// assert_eq!(TransportKind::Pipe.open(&kvm, None, false), (3, 4));
+    /// ```
+    pub fn open(self, kvm: &Kvm, buf: Option<usize>, nonblock: bool) -> (i32, i32) {
+        match self {
+            TransportKind::Stream => kvm.socketpair(ChannelKind::Stream, buf.unwrap_or(SOCKET_CAPACITY), nonblock),
+            TransportKind::Seqpacket => {
+                kvm.socketpair(ChannelKind::Seqpacket, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
+            }
+            TransportKind::Pipe => kvm.pipe(buf.unwrap_or(PIPE_CAPACITY), nonblock),
+            TransportKind::Fifo => kvm.fifo(buf.unwrap_or(PIPE_CAPACITY), nonblock),
+        }
+    }
+}
+
 fn ioregion_flag_words(bus: BusKind, posted: bool, deassign: bool, extra: u32) -> u32 {
     let mut flags = extra;
     if bus == BusKind::Pio {
@@ -747,16 +770,7 @@ impl Runner {
             },
             Op::Design(_) => unreachable!("handled above"),
             Op::Transport { kind, nonblock, buf } => {
-                let (a, b) = match kind {
-                    TransportKind::Stream => {
-                        kvm.socketpair(ChannelKind::Stream, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
-                    }
-                    TransportKind::Seqpacket => {
-                        kvm.socketpair(ChannelKind::Seqpacket, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
-                    }
-                    TransportKind::Pipe => kvm.pipe(buf.unwrap_or(PIPE_CAPACITY), nonblock),
-                    TransportKind::Fifo => kvm.fifo(buf.unwrap_or(PIPE_CAPACITY), nonblock),
-                };
+                let (a, b) = kind.open(kvm, buf, nonblock);
                 format!("fd {a} {b}")
             }
             Op::Ioregionfd => match kvm.ioregionfd() {

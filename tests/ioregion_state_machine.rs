@@ -48,7 +48,7 @@ use std::fmt;
 use ioregionfd_model::bus::{BusKind, HandledBy, Insertion, NR_IOBUS_DEVS};
 use ioregionfd_model::design::Design;
 use ioregionfd_model::errno::Errno;
-use ioregionfd_model::fd::channel::{ChannelKind, PIPE_CAPACITY, SOCKET_CAPACITY};
+use ioregionfd_model::fd::channel::{PIPE_CAPACITY, SOCKET_CAPACITY};
 use ioregionfd_model::kvm::Kvm;
 use ioregionfd_model::script::{Op, TransportKind};
 use ioregionfd_model::trace::Recorder;
@@ -2289,16 +2289,7 @@ impl Sut {
             }
             Op::Read { vm, bus, addr, len } => Obs::Access(convert(kvm.access(vm, bus, addr, len, None))),
             Op::Transport { kind, nonblock, buf } => {
-                let (a, b) = match kind {
-                    TransportKind::Stream => {
-                        kvm.socketpair(ChannelKind::Stream, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
-                    }
-                    TransportKind::Seqpacket => {
-                        kvm.socketpair(ChannelKind::Seqpacket, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
-                    }
-                    TransportKind::Pipe => kvm.pipe(buf.unwrap_or(PIPE_CAPACITY), nonblock),
-                    TransportKind::Fifo => kvm.fifo(buf.unwrap_or(PIPE_CAPACITY), nonblock),
-                };
+                let (a, b) = kind.open(kvm, buf, nonblock);
                 Obs::Fds(a, b)
             }
             Op::Ioregionfd => Obs::Fd(kvm.ioregionfd()),
