@@ -18,7 +18,7 @@ use ioregionfd_model::wire::{Direction, MESSAGE_SIZE, Response};
 
 /// A device task on model files: answers `count` commands (reads with `0x100 * user_data +
 /// offset`), blocking, then stops and puts its reference on its file. Stops early at end of file.
-fn device_task(rec: &Recorder, file: Arc<File>, design: Design, count: usize) {
+pub(super) fn device_task(rec: &Recorder, file: Arc<File>, design: Design, count: usize) {
     serve_commands(rec, &file, &file, design, count);
     file.put(rec);
 }
@@ -39,9 +39,22 @@ fn watch_and_serve(
     (mark, spawn_named("device", move || device_task(&rec, dev, design, count)))
 }
 
-fn serve_commands(rec: &Recorder, cmd: &File, resp: &File, design: Design, count: usize) {
-    let never = || false;
-    let wait = Wait::Block { pending: &never };
+pub(super) fn serve_commands(rec: &Recorder, cmd: &File, resp: &File, design: Design, count: usize) {
+    serve_until(rec, cmd, resp, design, count, &|| false);
+}
+
+/// [`serve_commands`] that also stops when `stop()` turns true while it waits for a command
+/// (a device told to stop; the caller wakes it with [`Kvm::wake_waiters`]). A command already
+/// queued is read first.
+pub(super) fn serve_until(
+    rec: &Recorder,
+    cmd: &File,
+    resp: &File,
+    design: Design,
+    count: usize,
+    stop: &(dyn Fn() -> bool + Sync),
+) {
+    let wait = Wait::Block { pending: stop };
     for _ in 0..count {
         let mut buf = [0u8; MESSAGE_SIZE];
         let mut got = 0;
@@ -98,7 +111,7 @@ fn region(kvm: &Kvm, vm: usize, paddr: u64, fd: i32, user_data: u64) {
 
 /// The kernel's fd and the device's fd of one transport: a socketpair, or the seed ioregionfd
 /// (both ends are the ioregionfd).
-fn transport(kvm: &Kvm) -> (i32, i32) {
+pub(super) fn transport(kvm: &Kvm) -> (i32, i32) {
     if kvm.design() == Design::Seed {
         let fd = kvm.ioregionfd().expect("ioregionfd");
         (fd, fd)
@@ -107,7 +120,7 @@ fn transport(kvm: &Kvm) -> (i32, i32) {
     }
 }
 
-fn read_access(paddr: u64) -> GuestAccess {
+pub(super) fn read_access(paddr: u64) -> GuestAccess {
     GuestAccess { bus: BusKind::Mmio, addr: paddr, len: 4, value: None }
 }
 
@@ -146,7 +159,7 @@ fn two_vms_one_fd(design: Design) -> Result<(), Failure> {
 }
 
 /// Registers a region of `size` at `paddr` on `bus` (v3 struct; seed struct under seed).
-fn region_on(kvm: &Kvm, vm: usize, bus: BusKind, paddr: u64, fd: i32, user_data: u64) {
+pub(super) fn region_on(kvm: &Kvm, vm: usize, bus: BusKind, paddr: u64, fd: i32, user_data: u64) {
     let pio = if bus == BusKind::Pio { ioregionfd_model::uapi::KVM_IOREGION_PIO } else { 0 };
     let r = if kvm.design() == Design::Seed {
         let args = KvmIoregionSeed { guest_paddr: paddr, memory_size: 0x10, user_data, fd, flags: pio, pad: [0; 32] };
@@ -168,7 +181,7 @@ fn region_on(kvm: &Kvm, vm: usize, bus: BusKind, paddr: u64, fd: i32, user_data:
 
 /// KVM_RUN after KVM_RUN on `vcpu` while it returns `-EINTR` (at most `max_runs` times), the first
 /// one making `access` (if any); every outcome, in order.
-fn run_access(
+pub(super) fn run_access(
     vm: &ioregionfd_model::vm::Vm,
     vcpu: &Vcpu,
     access: Option<GuestAccess>,
@@ -189,7 +202,7 @@ fn run_access(
 
 /// Runs `access` on a new vCPU of `vm` in its own thread, KVM_RUN after KVM_RUN while it returns
 /// `-EINTR` (at most `max_runs` times).
-fn vcpu_thread(
+pub(super) fn vcpu_thread(
     kvm: &Arc<Kvm>,
     vm: usize,
     id: usize,
@@ -222,7 +235,7 @@ fn pio_and_mmio_one_fd(design: Design) -> Result<(), Failure> {
     finish(&kvm, mark, true)
 }
 
-fn expect_outcome(kvm: &Kvm, mark: usize, got: &[AccessOutcome], want: &str) -> Result<(), Failure> {
+pub(super) fn expect_outcome(kvm: &Kvm, mark: usize, got: &[AccessOutcome], want: &str) -> Result<(), Failure> {
     let last = got.last().map(|o| o.to_string()).unwrap_or_default();
     if last != want {
         super::verdict_after(kvm, mark)?;
@@ -292,7 +305,7 @@ fn region_replaced_before_resume(design: Design) -> Result<(), Failure> {
     finish(&kvm, mark, false)
 }
 
-fn remove_region(kvm: &Kvm, vm: usize, paddr: u64) {
+pub(super) fn remove_region(kvm: &Kvm, vm: usize, paddr: u64) {
     let r = if kvm.design() == Design::Seed {
         let args =
             KvmIoregionSeed { guest_paddr: paddr, memory_size: 0x10, user_data: 0, fd: -1, flags: 0, pad: [0; 32] };

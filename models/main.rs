@@ -12,6 +12,7 @@
 
 mod bus;
 mod ioregion;
+mod vmm;
 
 use ioregionfd_model::kvm::Kvm;
 use std::io::Write;
@@ -148,6 +149,7 @@ pub fn assertion(kvm: &Kvm, ok: bool, text: impl Into<String>) -> Result<(), Fai
 fn catalogue() -> Vec<Scenario> {
     let mut all = bus::scenarios();
     all.extend(ioregion::scenarios());
+    all.extend(vmm::scenarios());
     all
 }
 

@@ -68,6 +68,8 @@ impl Design {
                 waits_outside_srcu: false,
                 send_lock: SendLock::OwnSide,
                 failure_exit: false,
+                errors_beat_signals: false,
+                on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
             },
@@ -90,6 +92,8 @@ impl Design {
                 waits_outside_srcu: false,
                 send_lock: SendLock::OwnSide,
                 failure_exit: false,
+                errors_beat_signals: false,
+                on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: false,
             },
@@ -112,6 +116,8 @@ impl Design {
                 waits_outside_srcu: true,
                 send_lock: SendLock::OwnSide,
                 failure_exit: true,
+                errors_beat_signals: true,
+                on_vcpu_destroy: VcpuDestroy::ReleaseAndDrain,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
             },
@@ -235,6 +241,21 @@ pub enum SendLock {
     ResponseSide,
 }
 
+/// What destroying a vCPU does with an access it left interrupted (it never runs KVM_RUN again;
+/// KVM destroys vCPUs with their VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VcpuDestroy {
+    /// seed, rfc-v3: nothing is said or done: a saved transaction keeps its context (and, for
+    /// seed, its references) for ever.
+    KeepsTransaction,
+    /// The defect variant: the context is released, but the response the device still owes for
+    /// the abandoned command stays on the channel for the next transaction to read.
+    ReleaseContext,
+    /// proposed: the context is released with the abandoned response recorded as owed; the next
+    /// transaction on the channel first reads and discards it (or stops owing it at end of file).
+    ReleaseAndDrain,
+}
+
 /// The named knobs of a design.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Knobs {
@@ -288,6 +309,15 @@ pub struct Knobs {
     /// or died) exits with `KVM_EXIT_IOREGIONFD_FAILURE` ("the device may have executed it")
     /// instead of a plain `KVM_EXIT_MMIO`/`KVM_EXIT_IO` that invites userspace to emulate it again.
     pub failure_exit: bool,
+    /// Whether a transfer that fails (`EPIPE`, a closed end) ends the access even when a signal
+    /// is pending. Otherwise the pending signal turns the failure into `-EINTR` and a retry on
+    /// the next KVM_RUN (rfc-v3 checks `signal_pending()` first for any short count); with the
+    /// `SIGPIPE` that the failed write itself raised, the retry fails the same way, forever
+    /// (`device-dies-sigpipe-handled`).
+    pub errors_beat_signals: bool,
+    /// What destroying a vCPU does with the access it left interrupted
+    /// (`vcpu-never-resumes`).
+    pub on_vcpu_destroy: VcpuDestroy,
     /// The NR_IOBUS_DEVS check (`None`: not enforced; rfc-v3 enforces it only without kmemcg,
     /// which is a setting of the host).
     pub nr_iobus_devs: Option<i32>,

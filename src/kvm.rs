@@ -302,6 +302,13 @@ impl Kvm {
     pub fn deliver_signal(&self, vcpu: &crate::vcpu::Vcpu) {
         self.rec.event(Some(vcpu.vm()), format_args!("signal to vcpu{}", vcpu.id()));
         vcpu.signal();
+        self.wake_waiters();
+    }
+
+    /// Wakes every thread waiting on a channel or a context, so that each re-checks its
+    /// condition: what delivering a signal does to the waits of the thread it targets (a device
+    /// task told to stop uses it too).
+    pub fn wake_waiters(&self) {
         let channels = self.files.lock().channels();
         for c in channels {
             c.wake_all();

@@ -74,6 +74,9 @@ struct LockState {
     busy: bool,
     /// Ghost: the vCPUs that believe they own the lock (two is an `exclusive` break).
     owners: Vec<(usize, usize)>,
+    /// Response side (proposed): bytes of responses to abandoned transactions still to come on
+    /// the channel, which the next owner reads and discards before it sends.
+    owed: usize,
 }
 
 /// The serialization context of a response channel (`struct ioregionfd` in rfc-v3): a wait queue
@@ -240,6 +243,32 @@ impl Context {
         let what = if side == Side::Send { " for sending" } else { "" };
         rec.event(Some(who.0), format_args!("vcpu{} releases {self}{what}", who.1));
         wq.notify_one();
+    }
+
+    /// A destroyed vCPU's transaction gives the response side up: `owed` more response bytes
+    /// are still to come on the channel (0 when its command was not sent), then the lock is
+    /// released as [`unlock`](Self::unlock) does.
+    pub fn abandon(&self, rec: &Recorder, who: (usize, usize), owed: usize) {
+        if !self.life.check_use(rec, self) {
+            return;
+        }
+        self.state.lock().owed += owed;
+        rec.event(
+            Some(who.0),
+            format_args!("vcpu{} abandons its transaction on {self}: {owed} response bytes owed", who.1),
+        );
+        self.unlock(rec, who);
+    }
+
+    /// Response bytes owed by abandoned transactions (the owner of the response side reads it).
+    pub fn owed(&self) -> usize {
+        self.state.lock().owed
+    }
+
+    /// The owner of the response side discarded `n` owed bytes (or, at end of file, all of them).
+    pub fn paid(&self, n: usize) {
+        let mut s = self.state.lock();
+        s.owed = s.owed.saturating_sub(n);
     }
 
     /// Wakes every waiter on both sides (a signal was delivered to one of them).

@@ -21,7 +21,7 @@
 //! does not keep its SRCU read section).
 
 use crate::bus::{BusKind, DispatchCtx};
-use crate::design::{Knobs, ResumeRule, ShortTransfer, SignalRule};
+use crate::design::{Knobs, ResumeRule, ShortTransfer, SignalRule, VcpuDestroy};
 use crate::errno::Errno;
 use crate::fd::channel::{Tag, Transfer, Wait};
 use crate::invariants::{ISOLATION, LIFETIME, ROUTE, WIRE};
@@ -285,6 +285,14 @@ impl<'a> Txn<'a> {
         (self.vcpu.vm, self.vcpu.id)
     }
 
+    /// Whether transfer `t` failed for good (an error other than `EINTR`, or end of file) and the
+    /// design lets that end the access even with a signal pending ([`Knobs::errors_beat_signals`]).
+    fn error_wins(&self, t: Transfer) -> bool {
+        self.knobs.errors_beat_signals
+            && matches!(t, Transfer::Done(0) | Transfer::Failed(_))
+            && t != Transfer::Failed(Errno::EINTR)
+    }
+
     fn transactional(&self) -> bool {
         self.knobs.on_signal != SignalRule::SaveAddressAndStep
     }
@@ -306,6 +314,7 @@ impl<'a> Txn<'a> {
         let pending = || vcpu.signal_pending();
         let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
         match c.lock(self.ctx.rec, self.who(), &wait, takes_on_signal) {
+            Ok(()) if self.knobs.on_vcpu_destroy == VcpuDestroy::ReleaseAndDrain => self.drain_owed(c),
             Ok(()) => Ok(()),
             Err(LockError::WouldBlock) => {
                 vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
@@ -314,6 +323,47 @@ impl<'a> Txn<'a> {
             Err(LockError::Interrupted) => {
                 vcpu.save(self.saved(Step::NotStarted, None));
                 Err(Errno::EINTR)
+            }
+        }
+    }
+
+    /// proposed, holding the response side: reads and discards what abandoned transactions
+    /// still owe on the channel (nothing more is owed at end of file or on an error). A signal
+    /// first: the context is released and the access has not started (`-EINTR`).
+    fn drain_owed(&self, c: &crate::region::Context) -> Result<(), Errno> {
+        let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        let end = match (&self.p.rfile, c.response_end()) {
+            (Some(rf), _) => KernelEnd::File(rf.clone()),
+            (None, Some(e)) => e.clone(),
+            (None, None) => return Ok(()),
+        };
+        let pending = || vcpu.signal_pending();
+        let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
+        loop {
+            let owed = c.owed();
+            if owed == 0 {
+                return Ok(());
+            }
+            let mut buf = [0u8; MESSAGE_SIZE];
+            match end.read(rec, &mut buf[..owed.min(MESSAGE_SIZE)], &wait).0 {
+                Transfer::Done(n) if n > 0 => {
+                    c.paid(n);
+                    rec.event(Some(vcpu.vm), format_args!("vcpu{} discards {n} response bytes owed on {c}", vcpu.id));
+                }
+                Transfer::WouldBlock { .. } => {
+                    vcpu.block(format!("vcpu{} waits for a response owed on {c}", vcpu.id));
+                    return Err(Errno::EINTR);
+                }
+                Transfer::Failed(Errno::EINTR) => {
+                    rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted discarding what {c} is owed", vcpu.id));
+                    self.unlock();
+                    vcpu.save(self.saved(Step::NotStarted, None));
+                    return Err(Errno::EINTR);
+                }
+                t => {
+                    c.paid(owed);
+                    rec.event(Some(vcpu.vm), format_args!("vcpu{}: {c} will not get what it is owed ({t:?})", vcpu.id));
+                }
             }
         }
     }
@@ -425,7 +475,8 @@ impl<'a> Txn<'a> {
                 if self.transactional() && moved > 0 { &uninterrupted } else { &interruptible };
             let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending } };
             let t = self.p.cmd.write(rec, &self.command[moved..], &wait, self.tag);
-            if t == Transfer::Failed(Errno::EPIPE) {
+            if t == Transfer::Failed(Errno::EPIPE) && matches!(self.p.cmd, KernelEnd::File(_)) {
+                // pipe_write / sock_sendmsg without MSG_NOSIGNAL; seed's own file type sends none.
                 vcpu.sigpipe(self.ctx);
             }
             if let Transfer::Done(n) = t {
@@ -439,7 +490,7 @@ impl<'a> Txn<'a> {
                 vcpu.block(format!("vcpu{} blocks sending its command", vcpu.id));
                 return Some(Err(Errno::EINTR));
             }
-            if vcpu.signal_pending() && (!self.transactional() || moved == 0) {
+            if vcpu.signal_pending() && (!self.transactional() || moved == 0) && !self.error_wins(t) {
                 rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in SEND_CMD after {moved} bytes", vcpu.id));
                 if self.transactional() {
                     // Nothing sent: the access starts afresh on the next KVM_RUN.
@@ -496,7 +547,7 @@ impl<'a> Txn<'a> {
                 vcpu.block(format!("vcpu{} waits for a response nobody will send", vcpu.id));
                 return Err(Err(Errno::EINTR));
             }
-            if vcpu.signal_pending() && (!self.transactional() || got == 0) {
+            if vcpu.signal_pending() && (!self.transactional() || got == 0) && !self.error_wins(t) {
                 rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
                 if self.transactional() {
                     self.save_transaction(Step::GetReply);
@@ -671,6 +722,25 @@ pub(crate) fn run_deferred(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &
         txn.release_saved();
     }
     r
+}
+
+/// `kvm_vcpu_destroy` for an access the vCPU left interrupted, as
+/// [`Knobs::on_vcpu_destroy`] says: nothing (rfc-v3, whose saved state holds no references, and
+/// seed), or the transaction's context released (with its owed response recorded, for proposed)
+/// and its references put.
+pub(crate) fn abandon(ctx: &DispatchCtx<'_>, saved: &SavedIoregion) {
+    let Some(txn) = Txn::from_saved(ctx, saved) else { return };
+    let drain = match txn.knobs.on_vcpu_destroy {
+        VcpuDestroy::KeepsTransaction => return,
+        VcpuDestroy::ReleaseContext => false,
+        VcpuDestroy::ReleaseAndDrain => true,
+    };
+    if saved.step == Step::GetReply
+        && let Some(c) = &txn.p.ctx
+    {
+        c.abandon(ctx.rec, txn.who(), if drain { MESSAGE_SIZE } else { 0 });
+    }
+    txn.release_saved();
 }
 
 /// Continues a saved transaction (seed, proposed) on its own region, from where it stopped.

@@ -387,7 +387,9 @@ impl Vm {
         let sent = a.vcpu.take_sent_unanswered();
         let outcome = match result {
             Ok(h) => AccessOutcome::Handled(h),
-            Err(_) => match (a.vcpu.blocked(), a.vcpu.is_interrupted()) {
+            // Interrupted: this dispatch stopped with -EINTR and saved its state (a saved state
+            // left over from an earlier access does not make this one interrupted).
+            Err(e) => match (a.vcpu.blocked(), e == Errno::EINTR && a.vcpu.is_interrupted()) {
                 (Some(why), _) => AccessOutcome::Blocked(why),
                 (None, true) => AccessOutcome::Interrupted,
                 (None, false) if sent && self.knobs.failure_exit => AccessOutcome::Exit(match exit {
@@ -456,7 +458,7 @@ impl Vm {
     /// `KVM_RUN` on vCPU `a.vcpu`: first completes the access an earlier KVM_RUN left pending
     /// (after `-EINTR`), else makes `next`. Then, for designs that trust the run page (rfc-v3),
     /// forces `-EINTR` while an interrupted ioregion state is saved and `run->exit_reason` reads
-    /// `KVM_EXIT_INTR`. Returning `-EINTR` hands the pending signal to userspace (it is handled).
+    /// `KVM_EXIT_INTR`. Every return to userspace hands the pending signals to their handlers (they are handled).
     ///
     /// ```
     /// use ioregionfd_model::bus::BusKind;
@@ -498,13 +500,15 @@ impl Vm {
         } else {
             outcome
         };
+        // Back in userspace, the thread runs the handlers of its pending signals (SIGPIPE too).
+        if !matches!(outcome, AccessOutcome::Blocked(_)) {
+            vcpu.clear_signal();
+        }
         match &outcome {
-            AccessOutcome::Interrupted => {
-                vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_INTR);
-                vcpu.clear_signal();
+            AccessOutcome::Interrupted => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_INTR),
+            AccessOutcome::Exit(e @ (KvmExit::Mmio { .. } | KvmExit::Io { .. })) => {
+                vcpu.set_exit_reason(exit_reason_of(e))
             }
-            AccessOutcome::Exit(KvmExit::Mmio { .. }) => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_MMIO),
-            AccessOutcome::Exit(KvmExit::Io { .. }) => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_IO),
             _ => {}
         }
         match &outcome {
@@ -549,12 +553,18 @@ impl Vm {
                         self.finish(Ok(h), &a, exit)
                     }
                     Err(Errno::EOPNOTSUPP | Errno::ENOMEM) => {
+                        // The made-up exit fills in the run page (`exit_reason` included) and
+                        // returns to userspace. Nothing consumed the saved state: it stays
+                        // "interrupted" for the vCPU's next ioregion access.
                         vcpu.set_pending(None);
                         self.io.rec.event(
                             Some(self.id()),
                             format_args!("vcpu{}: no ioregion takes {p} now: made-up exit", vcpu.id()),
                         );
-                        self.finish(Err(Errno::EOPNOTSUPP), &a, exit)
+                        vcpu.set_exit_reason(exit_reason_of(&exit));
+                        let outcome = AccessOutcome::Exit(exit);
+                        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
+                        outcome
                     }
                     Err(e) if vcpu.blocked().is_none() && !vcpu.is_interrupted() => AccessOutcome::RunError(e),
                     Err(e) => self.finish(Err(e), &a, exit),
@@ -578,6 +588,27 @@ impl Vm {
                 }
                 o
             }
+        }
+    }
+
+    /// Destroys `vcpu` (`kvm_vcpu_destroy`, which VM destruction does for each vCPU): it never
+    /// runs KVM_RUN again, and an access it left interrupted is dealt with as
+    /// [`Knobs::on_vcpu_destroy`] says.
+    ///
+    /// ```
+    /// use ioregionfd_model::trace::Recorder;
+    /// use ioregionfd_model::vcpu::Vcpu;
+    /// use ioregionfd_model::vm::{Vm, VmConfig};
+    /// let vm = Vm::new(0, Recorder::new(), VmConfig::default());
+    /// let vcpu = Vcpu::new(0, 0, false);
+    /// vm.destroy_vcpu(&vcpu);
+    /// assert!(!vcpu.is_interrupted());
+    /// ```
+    pub fn destroy_vcpu(&self, vcpu: &Vcpu) {
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} destroyed", vcpu.id()));
+        vcpu.set_pending(None);
+        if let Some(saved) = vcpu.take_saved() {
+            crate::vcpu::abandon(&self.ctx(&AccessCtx { vcpu, pump: None }), &saved);
         }
     }
 
@@ -617,4 +648,13 @@ fn pad8(data: &[u8]) -> [u8; 8] {
     let mut b = [0u8; 8];
     b[..data.len()].copy_from_slice(data);
     b
+}
+
+/// The `run->exit_reason` of an exit (`KVM_EXIT_MMIO` or `KVM_EXIT_IO`; the ioregion failure exit
+/// is proposed's, whose KVM_RUN never reads the page).
+fn exit_reason_of(exit: &KvmExit) -> u32 {
+    match exit {
+        KvmExit::Io { .. } => crate::vcpu::KVM_EXIT_IO,
+        _ => crate::vcpu::KVM_EXIT_MMIO,
+    }
 }

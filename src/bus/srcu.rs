@@ -172,6 +172,11 @@ impl Srcu {
 
 impl Drop for SrcuReadGuard<'_> {
     fn drop(&mut self) {
+        // A thread unwinding (loom tearing down a deadlocked execution) must not take the lock:
+        // the execution is over, and loom cannot run a lock operation during its cleanup.
+        if std::thread::panicking() {
+            return;
+        }
         self.srcu.read_unlock(self.epoch);
     }
 }
