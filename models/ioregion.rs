@@ -72,7 +72,7 @@ pub(super) fn serve_until(
                 }
             }
         }
-        let Some((c, tag)) = receive_model_command(rec, design.knobs().wire, &buf, &tags) else { continue };
+        let Some((c, tag)) = receive_model_command(rec, cmd, design.knobs().wire, &buf, &tags) else { continue };
         if !(1..=2).contains(&c.user_data) {
             rec.violation(
                 &WIRE,
@@ -448,7 +448,7 @@ fn device_closes(design: Design, reads: usize) -> Result<(), Failure> {
             let mut buf = [0u8; MESSAGE_SIZE];
             let (t, tags) = dev.read_tagged(&rec, &mut buf, &wait);
             if t == Transfer::Done(MESSAGE_SIZE) {
-                let _ = receive_model_command(&rec, design.knobs().wire, &buf, &tags);
+                let _ = receive_model_command(&rec, &dev, design.knobs().wire, &buf, &tags);
             }
         }
         rec.event(None, "the device closes its end");
@@ -487,7 +487,7 @@ fn deassign_by_device_thread(design: Design) -> Result<(), Failure> {
         let mut buf = [0u8; MESSAGE_SIZE];
         let (t, tags) = dev.read_tagged(&rec, &mut buf, &wait);
         if t == Transfer::Done(MESSAGE_SIZE)
-            && let Some((c, tag)) = receive_model_command(&rec, design.knobs().wire, &buf, &tags)
+            && let Some((c, tag)) = receive_model_command(&rec, &dev, design.knobs().wire, &buf, &tags)
         {
             rec.event(None, "the device thread removes the region before it answers");
             remove_region(&k, vm, 0x1000);

@@ -31,12 +31,14 @@ pub trait IoregionDevice: Send {
     fn write(&mut self, user_data: u64, offset: u64, size: usize, value: u64);
 }
 
-/// What a model device does with one whole 32-byte `message` whose bytes carried the ghost `tags`:
-/// a message made of bytes of more than one command is a `wire` violation (a resend after a
-/// partial write does that); the delivery is entered in the ledger (`exactly-once`, `order`);
-/// a message that does not decode in `format` is a `wire` violation and `None`.
+/// What a model device does with one whole 32-byte `message` it read from `from`, whose bytes
+/// carried the ghost `tags`: a message made of bytes of more than one command is a `wire`
+/// violation (a resend after a partial write does that); the delivery is entered in the ledger
+/// (`exactly-once`, and `order` among the commands that came over the same channel); a message
+/// that does not decode in `format` is a `wire` violation and `None`.
 pub fn receive_model_command(
     rec: &Recorder,
+    from: &File,
     format: WireFormat,
     message: &[u8],
     tags: &[crate::fd::channel::Tag],
@@ -47,7 +49,8 @@ pub fn receive_model_command(
     }
     let tag = tags.first().copied();
     if let Some(t) = tag {
-        rec.delivered(t);
+        let channel = from.read_channel().map_or(0, |c| Arc::as_ptr(c) as usize as u64);
+        rec.delivered(t, channel);
     }
     match Command::decode(format, message) {
         Ok(c) => {
@@ -140,7 +143,7 @@ impl ServedDevice {
     }
 
     fn handle(&mut self, rec: &Recorder, message: &[u8], tags: &[crate::fd::channel::Tag]) {
-        let Some((cmd, tag)) = receive_model_command(rec, self.format, message, tags) else { return };
+        let Some((cmd, tag)) = receive_model_command(rec, &self.cmd, self.format, message, tags) else { return };
         let value = match cmd.direction {
             Direction::Read => self.device.read(cmd.user_data, cmd.offset, cmd.size()),
             Direction::Write => {

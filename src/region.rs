@@ -17,8 +17,10 @@
 //! `proposed` takes the rfc-v3 uAPI and changes what `docs/design.md` lists.
 //!
 //! Locking: every registration and removal holds `kvm->slots_lock` (the [`SlotsGuard`]); the
-//! region lists live under it. A context's `busy` flag is the serialization lock of its response
-//! channel, taken by a dispatching vCPU.
+//! region lists live under it. A context has two locks, each a `busy` flag with a wait queue: its
+//! response side, held by a transaction from before it sends until it has its response, and (in
+//! proposed) its send side, held by any sender only around SEND_CMD; the order is response side,
+//! then send side, and nothing is waited for while a send side is held.
 
 use crate::bus::{BusKind, DispatchCtx, ExtLists, HandledBy, KvmIo, KvmIoDevice, SlotsGuard, destroy_device};
 use crate::design::{CollisionRule, ContextRule, Knobs};
@@ -313,8 +315,9 @@ pub struct RegionParams {
     pub ctx: Option<Arc<Context>>,
     /// proposed: the region's own reference on its read file (responses are read through it).
     pub rfile: Option<Arc<File>>,
-    /// proposed: the context of the command channel when it is another inode than the response
-    /// channel, held while a command is sent (so every writer of a channel is serialized).
+    /// proposed: the context of the command channel's inode (the response channel's own context
+    /// when they are one inode); its send side is held while a command is sent, so every writer
+    /// of a channel is serialized.
     pub send_ctx: Option<Arc<Context>>,
 }
 

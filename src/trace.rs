@@ -71,6 +71,8 @@ struct Log {
 pub struct Ledger {
     /// Tags of the commands devices read, in order.
     pub delivered: Vec<crate::fd::channel::Tag>,
+    /// The channel each of `delivered` came over (an identity, same index).
+    pub delivered_on: Vec<u64>,
     /// The final outcome of each access that ended, by tag.
     pub ended: Vec<(crate::fd::channel::Tag, Ended)>,
 }
@@ -131,11 +133,17 @@ impl Recorder {
     /// Ghost: a device read the whole command of access `tag`. A command of the same vCPU that
     /// arrives after a later one of it is an `order` violation; the same command read twice is an
     /// `exactly-once` violation.
-    pub fn delivered(&self, tag: crate::fd::channel::Tag) {
+    pub fn delivered(&self, tag: crate::fd::channel::Tag, channel: u64) {
         let (dup, later) = self.0.with(|log| {
-            let dup = log.ledger.delivered.contains(&tag);
-            let later = log.ledger.delivered.iter().any(|t| t.vm == tag.vm && t.vcpu == tag.vcpu && t.seq > tag.seq);
-            log.ledger.delivered.push(tag);
+            let l = &mut log.ledger;
+            let dup = l.delivered.contains(&tag);
+            let later = l
+                .delivered
+                .iter()
+                .zip(&l.delivered_on)
+                .any(|(t, c)| *c == channel && t.vm == tag.vm && t.vcpu == tag.vcpu && t.seq > tag.seq);
+            l.delivered.push(tag);
+            l.delivered_on.push(channel);
             (dup, later)
         });
         if dup {
@@ -196,14 +204,15 @@ mod tests {
     fn order_and_duplicates_are_caught() {
         let rec = Recorder::new();
         let t = |seq| Tag { vm: 0, vcpu: 1, seq };
-        rec.delivered(t(1));
-        rec.delivered(t(3));
+        rec.delivered(t(1), 7);
+        rec.delivered(t(3), 7);
         assert!(rec.violations().is_empty());
-        rec.delivered(t(2)); // after a later one of the same vCPU
+        rec.delivered(t(2), 7); // after a later one of the same vCPU on the same channel
         assert_eq!(rec.violations()[0].invariant, "order");
-        rec.delivered(t(3)); // the same command again
+        rec.delivered(t(3), 7); // the same command again
         assert_eq!(rec.violations()[1].invariant, "exactly-once");
-        rec.delivered(Tag { vm: 1, vcpu: 1, seq: 1 }); // another VM's vCPU 1: not ordered with these
+        rec.delivered(Tag { vm: 1, vcpu: 1, seq: 1 }, 7); // another VM's vCPU 1: not ordered with these
+        rec.delivered(t(0), 8); // another channel: two devices, no order between them
         assert_eq!(rec.violations().len(), 2);
     }
 }
