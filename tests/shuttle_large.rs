@@ -31,7 +31,7 @@ use shuttle::scheduler::{PctScheduler, RandomScheduler, Scheduler};
 use shuttle::{Config as ShuttleConfig, FailurePersistence, Runner};
 
 /// Seed of every scheduler (fixed: a run is reproducible).
-const SEED: u64 = 0x5_4a7e_1a26e;
+const SEED: u64 = 0x0054_a7e1_a26e;
 
 /// One channel between KVM and a device task: a socketpair (seqpacket or a stream with room for
 /// `stream_room` bytes), or for seed an ioregionfd.
