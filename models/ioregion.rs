@@ -325,15 +325,25 @@ pub(super) fn remove_region(kvm: &Kvm, vm: usize, paddr: u64) {
     r.expect("remove the region");
 }
 
-/// Two vCPUs of one VM use two regions on one fd: one reads, one makes a posted write (to a
-/// size-0 doorbell region when `doorbell`, else to a sized region with posted writes).
-fn two_vcpus_one_fd(design: Design, doorbell: bool) -> Result<(), Failure> {
+/// The region the second vCPU of [`two_vcpus_one_fd`] writes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteTarget {
+    /// A sized region with posted writes.
+    Posted,
+    /// A size-0 doorbell (posted).
+    Doorbell,
+    /// A sized region without posted writes: the write waits for its response.
+    NonPosted,
+}
+
+/// Two vCPUs of one VM use two regions on one fd: one reads, one writes to `target`.
+fn two_vcpus_one_fd(design: Design, target: WriteTarget) -> Result<(), Failure> {
     let kvm = Arc::new(Kvm::with_design(design, Recorder::new()));
     let vm = kvm.create_vm(VmConfig::for_design(&design.knobs()));
     let (kfd, dfd) = transport(&kvm);
     region_on(&kvm, vm, BusKind::Mmio, 0x1000, kfd, 1);
-    let posted = ioregionfd_model::uapi::KVM_IOREGION_POSTED_WRITES;
-    let (paddr, size) = if doorbell { (0x2000, 0) } else { (0x2000, 0x10) };
+    let posted = if target == WriteTarget::NonPosted { 0 } else { ioregionfd_model::uapi::KVM_IOREGION_POSTED_WRITES };
+    let (paddr, size) = if target == WriteTarget::Doorbell { (0x2000, 0) } else { (0x2000, 0x10) };
     let r = if design == Design::Seed {
         let args = KvmIoregionSeed {
             guest_paddr: paddr,
@@ -356,7 +366,7 @@ fn two_vcpus_one_fd(design: Design, doorbell: bool) -> Result<(), Failure> {
         };
         kvm.set_ioregion_v3(vm, &args)
     };
-    r.expect("setup: the posted region");
+    r.expect("setup: the region written to");
     let (mark, device) = watch_and_serve(&kvm, dfd, design, 2);
     let a = vcpu_thread(&kvm, vm, 0, read_access(0x1000), 1);
     let b = vcpu_thread(&kvm, vm, 1, GuestAccess { bus: BusKind::Mmio, addr: 0x2000, len: 4, value: Some(7) }, 1);
@@ -594,11 +604,15 @@ macro_rules! per_design {
 }
 
 fn two_vcpus_sized(d: Design) -> Result<(), Failure> {
-    two_vcpus_one_fd(d, false)
+    two_vcpus_one_fd(d, WriteTarget::Posted)
 }
 
 fn two_vcpus_doorbell(d: Design) -> Result<(), Failure> {
-    two_vcpus_one_fd(d, true)
+    two_vcpus_one_fd(d, WriteTarget::Doorbell)
+}
+
+fn two_vcpus_non_posted(d: Design) -> Result<(), Failure> {
+    two_vcpus_one_fd(d, WriteTarget::NonPosted)
 }
 
 fn device_closes_before_reading(d: Design) -> Result<(), Failure> {
@@ -615,6 +629,12 @@ pub fn scenarios() -> Vec<Scenario> {
         "two-vcpus-one-fd",
         "two vCPUs of one VM on one fd: a read, and a posted write to another region",
         two_vcpus_sized,
+        [Expected::Holds, Expected::Holds, Expected::Holds]
+    ));
+    all.extend(per_design!(
+        "two-vcpus-non-posted-write",
+        "two vCPUs of one VM on one fd: a read, and a non-posted write to another region",
+        two_vcpus_non_posted,
         [Expected::Holds, Expected::Holds, Expected::Holds]
     ));
     all.extend(
