@@ -378,16 +378,21 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ParseError> {
     Err(ParseError(msg.into()))
 }
 
-/// Parses a number: decimal (optionally negative) or `0x` hex.
+/// Parses a number: decimal or `0x` hex, optionally negative (one leading `-`, before the `0x`).
 pub fn parse_number(tok: &str) -> Result<i128, ParseError> {
     let (neg, body) = match tok.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, tok),
     };
+    // Digits only: `from_str_radix` would also take a sign after the `0x` (`-0x-8000...` would
+    // then be `i128::MIN`, whose negation overflows).
+    let digits = |s: &str, hex: bool| {
+        !s.is_empty() && s.chars().all(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() })
+    };
     let parsed = match body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        Some(hex) => i128::from_str_radix(hex, 16),
-        None if body.chars().all(|c| c.is_ascii_digit()) => body.parse::<i128>(),
-        None => return err(format!("`{tok}` is not a number")),
+        Some(hex) if digits(hex, true) => i128::from_str_radix(hex, 16),
+        None if digits(body, false) => body.parse::<i128>(),
+        _ => return err(format!("`{tok}` is not a number")),
     };
     match parsed {
         Ok(v) if v <= u64::MAX as i128 => Ok(if neg { -v } else { v }),
@@ -830,4 +835,25 @@ pub fn run_script(input: impl BufRead, out: &mut impl Write, err: &mut impl Writ
     }
     let _ = out.flush();
     i32::from(violated)
+}
+
+#[cfg(all(test, not(loom), not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+
+    /// Found while writing the `script` fuzz target: `from_str_radix` accepted a sign after `0x`, so
+    /// `-0x-80000000000000000000000000000000` was `i128::MIN` and negating it panicked (overflow),
+    /// and `0x-1` parsed as -1.
+    #[test]
+    fn hex_numbers_take_no_sign_after_0x() {
+        for tok in ["-0x-80000000000000000000000000000000", "0x-1", "0x+1", "-0x+1", "0x", "-", "-0x", ""] {
+            assert_eq!(parse_number(tok), Err(ParseError(format!("`{tok}` is not a number"))), "{tok}");
+        }
+        assert!(parse_line("close -0x-80000000000000000000000000000000").is_err());
+        assert_eq!(parse_number("-0x10"), Ok(-16));
+        assert_eq!(parse_number("0XfF"), Ok(255));
+        assert_eq!(parse_number("-0xffffffffffffffff"), Ok(-(u64::MAX as i128)));
+        assert!(parse_number("0x10000000000000000").is_err());
+        assert_eq!(parse_number("18446744073709551615"), Ok(u64::MAX as i128));
+    }
 }

@@ -84,7 +84,8 @@ pub enum WireError {
         /// Byte offset in the message.
         byte: usize,
     },
-    /// A write's data has bytes set above its access size.
+    /// The data field has bytes set that the command does not carry: above a write's access
+    /// size, or any at all in a read (whose data is zero).
     DataBeyondSize,
     /// The response bit is wrong for a read (seed: reads leave it clear; v3: reads set it).
     ReadResp,
