@@ -1,0 +1,28 @@
+//! Writes the seed corpus of every target: `cargo run --manifest-path fuzz/Cargo.toml --bin
+//! seed-corpus [DIR]` fills `DIR/TARGET/NAME` (default `fuzz/corpus`). The files are committed;
+//! `tests/fuzz_replay.rs` checks that they are what this program writes.
+
+use std::path::PathBuf;
+
+fn main() {
+    let root = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus"));
+    for target in &ioregionfd_model_fuzz::TARGETS {
+        let dir = root.join(target.name);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("seed-corpus: cannot create {}: {e}", dir.display());
+            std::process::exit(1);
+        }
+        let seeds = (target.seeds)();
+        for (name, data) in &seeds {
+            let path = dir.join(name);
+            if let Err(e) = std::fs::write(&path, data) {
+                eprintln!("seed-corpus: cannot write {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+        println!("{}: {} seeds in {}", target.name, seeds.len(), dir.display());
+    }
+}

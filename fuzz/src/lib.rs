@@ -1,0 +1,84 @@
+//! The fuzz targets of ioregionfd-model, as plain functions.
+//!
+//! Each target is a module with `run(data: &[u8])`, which panics when the target finds a defect
+//! (that panic is what libFuzzer reports as a crash), and `seeds()`, the seed inputs generated
+//! from the crate's unit and proptest cases. The same file is compiled twice: as the library of
+//! the cargo-fuzz crate (`fuzz/fuzz_targets/*.rs` call `run`), and into the main crate's
+//! `tests/fuzz_replay.rs`, so a plain `cargo test` on stable replays every committed corpus and
+//! regression file through the same code.
+
+pub mod registration;
+pub mod script;
+pub mod uapi;
+pub mod wire;
+
+/// The golden scripts (`tests/golden/*.script`) by name: seeds of every target.
+pub const GOLDEN_SCRIPTS: [(&str, &str); 8] = [
+    ("coalesced", include_str!("../../tests/golden/coalesced.script")),
+    ("ioeventfd", include_str!("../../tests/golden/ioeventfd.script")),
+    ("parse-error", include_str!("../../tests/golden/parse_error.script")),
+    ("proposed", include_str!("../../tests/golden/proposed.script")),
+    ("quirks", include_str!("../../tests/golden/quirks.script")),
+    ("rfc-v3", include_str!("../../tests/golden/rfc-v3.script")),
+    ("seed", include_str!("../../tests/golden/seed.script")),
+    ("violation", include_str!("../../tests/golden/violation.script")),
+];
+
+/// One fuzz target: its name (the directory under `fuzz/corpus/` and `fuzz/regressions/`), its
+/// entry point and its seed inputs.
+pub struct Target {
+    /// The target's name, as `cargo fuzz run NAME` takes it.
+    pub name: &'static str,
+    /// Runs one input; panics on a defect.
+    pub run: fn(&[u8]),
+    /// Named seed inputs.
+    pub seeds: fn() -> Vec<(String, Vec<u8>)>,
+}
+
+/// Every target.
+pub const TARGETS: [Target; 4] = [
+    Target { name: "registration", run: registration::run, seeds: registration::seeds },
+    Target { name: "uapi", run: uapi::run, seeds: uapi::seeds },
+    Target { name: "wire", run: wire::run, seeds: wire::seeds },
+    Target { name: "script", run: script::run, seeds: script::seeds },
+];
+
+/// The design an input runs under: `IOREGIONFD_FUZZ_DESIGN` (`seed`, `rfc-v3` or `proposed`)
+/// when set, so that a run can be kept to one design; otherwise the one `first_byte % 3` picks
+/// (seed, rfc-v3, proposed). A value that names no design stops the process with a message.
+pub fn design_of(first_byte: u8) -> ioregionfd_model::design::Design {
+    use ioregionfd_model::design::Design;
+    static FORCED: std::sync::OnceLock<Option<Design>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        let name = std::env::var("IOREGIONFD_FUZZ_DESIGN").ok()?;
+        let design = Design::from_name(&name);
+        if design.is_none() {
+            eprintln!("IOREGIONFD_FUZZ_DESIGN={name}: not a design (seed, rfc-v3 or proposed)");
+            std::process::exit(2);
+        }
+        design
+    });
+    forced.unwrap_or(Design::ALL[usize::from(first_byte % 3)])
+}
+
+/// The repository's root: the main crate's directory, whichever of the two crates compiles this.
+pub fn repo_root() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("fuzz/Cargo.toml").exists() { dir.to_path_buf() } else { dir.join("..") }
+}
+
+/// The files of `dir` whose extension is `ext`, as (stem, text), sorted by name; none when the
+/// directory cannot be read.
+pub fn read_dir_sorted(dir: &std::path::Path, ext: &str) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, String)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_str()?.to_string();
+            Some((stem, std::fs::read_to_string(&p).ok()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
