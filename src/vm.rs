@@ -617,6 +617,27 @@ impl Vm {
         self.io.bus(bus).fail_next_alloc();
     }
 
+    /// Whether the allocation failure [`fail_next_alloc`](Self::fail_next_alloc) asked for on
+    /// `bus` is still to happen (the fuzzers use it to see when it happened).
+    ///
+    /// ```
+    /// use ioregionfd_model::bus::BusKind;
+    /// use ioregionfd_model::kvm::Kvm;
+    /// use ioregionfd_model::trace::Recorder;
+    /// use ioregionfd_model::uapi::KvmCoalescedMmioZone;
+    /// use ioregionfd_model::vm::VmConfig;
+    /// let kvm = Kvm::with_recorder(Recorder::new());
+    /// let vm = kvm.create_vm(VmConfig::default());
+    /// kvm.vm(vm).unwrap().fail_next_alloc(BusKind::Mmio);
+    /// assert!(kvm.vm(vm).unwrap().alloc_failure_pending(BusKind::Mmio));
+    /// let zone = KvmCoalescedMmioZone { addr: 0x1000, size: 8, pio: 0 };
+    /// assert!(kvm.register_coalesced_mmio(vm, &zone).is_err());
+    /// assert!(!kvm.vm(vm).unwrap().alloc_failure_pending(BusKind::Mmio));
+    /// ```
+    pub fn alloc_failure_pending(&self, bus: BusKind) -> bool {
+        self.io.bus(bus).alloc_failure_pending()
+    }
+
     /// The structural invariants of this VM (`bus`, `lifetime`, `overlap`).
     pub fn check_structure(&self) -> Vec<(&'static Invariant, String)> {
         let mut wrong = self.io.check_structure();

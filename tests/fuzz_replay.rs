@@ -4,7 +4,7 @@
 //! committed as a regression fails here until it is fixed.
 //!
 //! Also checks that the committed seed corpus is what the seed generator writes now
-//! (`cargo run --manifest-path fuzz/Cargo.toml --bin seed-corpus` regenerates it).
+//! (`cargo run --manifest-path fuzz/Cargo.toml --example seed-corpus` regenerates it).
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code, unreachable_pub)]

@@ -449,6 +449,12 @@ impl IoBus {
         self.fail_next_alloc.store(true, Ordering::Relaxed);
     }
 
+    /// Whether an allocation failure [`fail_next_alloc`](Self::fail_next_alloc) asked for has
+    /// not happened yet.
+    pub fn alloc_failure_pending(&self) -> bool {
+        self.fail_next_alloc.load(Ordering::Relaxed)
+    }
+
     /// `kmalloc` of a new array: fails once after [`fail_next_alloc`](Self::fail_next_alloc).
     fn alloc(&self) -> bool {
         !self.fail_next_alloc.swap(false, Ordering::Relaxed)

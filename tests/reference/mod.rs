@@ -9,8 +9,8 @@
 //! Both step a [`World`] and the model ([`Sut`]) with the same [`Op`] and compare the two
 //! [`Expect`]s with [`compare`]. [`World::admits`] says which operations the reference is
 //! meant for (a sane userspace for `proposed`; devices on ioregionfds only for `seed`), and
-//! [`World::models`] which kinds of operation it implements at all (no coalesced zones, no
-//! injected allocation failures).
+//! [`World::models`] which kinds of operation it implements at all (everything but injected
+//! allocation failures).
 
 #![allow(dead_code)]
 

@@ -1,4 +1,4 @@
-//! Writes the seed corpus of every target: `cargo run --manifest-path fuzz/Cargo.toml --bin
+//! Writes the seed corpus of every target: `cargo run --manifest-path fuzz/Cargo.toml --example
 //! seed-corpus [DIR]` fills `DIR/TARGET/NAME` (default `fuzz/corpus`). The files are committed;
 //! `tests/fuzz_replay.rs` checks that they are what this program writes.
 

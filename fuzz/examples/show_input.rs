@@ -1,5 +1,5 @@
 //! Prints what a `registration` input runs, as a script (`ioregionfd-model script` replays it):
-//! `cargo run --manifest-path fuzz/Cargo.toml --bin show-input -- FILE...`.
+//! `cargo run --manifest-path fuzz/Cargo.toml --example show-input -- FILE...`.
 
 fn main() {
     let mut status = 0;

@@ -1,5 +1,5 @@
 //! Measures how fast a target runs its inputs without libFuzzer and its instrumentation:
-//! `cargo run --release --manifest-path fuzz/Cargo.toml --bin throughput -- TARGET DIR...`
+//! `cargo run --release --manifest-path fuzz/Cargo.toml --example throughput -- TARGET DIR...`
 //! runs every file of the directories once (twice over when there are few) and prints inputs per
 //! second, for comparison with the exec/s `cargo fuzz run` reports (docs/fuzzing.md).
 
