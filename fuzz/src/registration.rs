@@ -70,6 +70,8 @@ pub struct Summary {
     pub skipped: usize,
     /// Violations the model recorded (event and newly standing structural ones), by id.
     pub violations: Vec<&'static str>,
+    /// The same violations' texts, in order.
+    pub texts: Vec<String>,
 }
 
 /// Runs one input; panics (a crash for libFuzzer) on a divergence from the reference, on any
@@ -90,7 +92,7 @@ pub fn execute(data: &[u8]) -> Summary {
     // step with the model (it is until one happens)
     let mut armed: Vec<(usize, BusKind)> = Vec::new();
     let mut in_step = true;
-    let mut standing = 0;
+    let mut standing: Vec<String> = Vec::new();
     while !u.is_empty() && summary.ops < MAX_OPS {
         let Some(op) = decode_op(&mut u, &world) else { continue };
         if !world.admits(&op) {
@@ -114,8 +116,14 @@ pub fn execute(data: &[u8]) -> Summary {
             in_step = false;
         }
         summary.violations.extend(&shown.expect.events);
-        summary.violations.extend(shown.expect.structure.iter().skip(standing));
-        standing = shown.expect.structure.len();
+        summary.texts.extend(shown.event_texts.iter().cloned());
+        for text in &shown.standing_texts {
+            if !standing.contains(text) {
+                summary.violations.extend(shown.expect.structure.iter().find(|id| text.starts_with(*id)));
+                summary.texts.push(text.clone());
+            }
+        }
+        standing.clone_from(&shown.standing_texts);
         if in_step {
             summary.compared += 1;
             let want = world.last.as_ref().expect("the reference ran");

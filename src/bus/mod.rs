@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`kvm_io_bus_cmp`] | `kvm_io_bus_cmp` |
 //! | [`linux_bsearch`] | `__inline_bsearch` (`include/linux/bsearch.h`) |
-//! | [`BusArray::get_first_dev`] | `kvm_io_bus_get_first_dev` |
+//! | [`BusArray::get_first_dev_probed`] | `kvm_io_bus_get_first_dev` ([`BusArray::get_first_dev`] gives the same answers from tables) |
 //! | [`IoBus::register_dev`] | `kvm_io_bus_register_dev` |
 //! | [`IoBus::unregister_dev`] | `kvm_io_bus_unregister_dev` (v6.5+) |
 //! | [`IoBus::write`] / [`IoBus::read`] | `kvm_io_bus_write` / `kvm_io_bus_read` and their `__` helpers |
@@ -266,6 +266,16 @@ impl CmpKey {
     }
 }
 
+/// `kvm_io_bus_get_first_dev` over the entries' keys: Linux's bsearch, then the walk back.
+fn probe_first_dev(keys: &[CmpKey], addr: u64, len: i32) -> Option<usize> {
+    let ext = len as i64 as u64;
+    let mut off = linux_bsearch(keys.len(), |i| keys[i].cmp_access(addr, ext))?;
+    while off > 0 && keys[off - 1].cmp_access(addr, ext) == 0 {
+        off -= 1;
+    }
+    Some(off)
+}
+
 /// One published array of a bus (`struct kvm_io_bus`): never changed after publication except
 /// `ioeventfd_count`, which `eventfd.c` adjusts under `slots_lock`.
 pub struct BusArray {
@@ -273,6 +283,9 @@ pub struct BusArray {
     dev_count: i32,
     /// The entries' comparison keys, contiguous for the lookup (same order as `ranges`).
     keys: Vec<CmpKey>,
+    /// The answers of [`get_first_dev_probed`](Self::get_first_dev_probed) for the access
+    /// lengths in [`TABLED_LENS`], as interval tables built with the array.
+    answers: Box<[AnswerTable; TABLED_LENS.len()]>,
     /// `ioeventfd_count`.
     ioeventfd_count: AtomicI32,
     /// `range[]`, sorted per [`kvm_io_bus_cmp`].
@@ -293,9 +306,12 @@ impl fmt::Debug for BusArray {
 
 impl BusArray {
     fn new(ranges: Vec<IoRange>, ioeventfd_count: i32) -> Self {
+        let keys: Vec<CmpKey> = ranges.iter().map(|r| CmpKey::new(r.addr, r.len)).collect();
+        let answers = Box::new(TABLED_LENS.map(|len| AnswerTable::build(&keys, len)));
         BusArray {
             dev_count: ranges.len() as i32,
-            keys: ranges.iter().map(|r| CmpKey::new(r.addr, r.len)).collect(),
+            keys,
+            answers,
             ioeventfd_count: AtomicI32::new(ioeventfd_count),
             ranges,
             life: Lifetime::new(),
@@ -328,17 +344,37 @@ impl BusArray {
 
     /// `kvm_io_bus_get_first_dev`: bsearch, then walk back while the previous entry also matches.
     ///
-    /// The probes are those of Linux's bsearch over `kvm_io_bus_cmp` (the nested-range quirk
-    /// depends on where it lands); each probe compares against the entry's precomputed
-    /// [`CmpKey`], which gives the same answer as `kvm_io_bus_cmp` without branches.
+    /// For the lengths guests use ([`TABLED_LENS`]) the answer comes from a table of what
+    /// [`get_first_dev_probed`](Self::get_first_dev_probed) answers, built once when the array is
+    /// (arrays never change after publication): the same answer for every address, found
+    /// through a bucket index and a short search. Other lengths run the probes.
+    ///
+    /// ```
+    /// use ioregionfd_model::bus::{BusConfig, BusKind, KvmIo};
+    /// use ioregionfd_model::trace::Recorder;
+    /// let io = KvmIo::<()>::new(0, Recorder::new(), BusConfig::default());
+    /// for i in 0..100u64 {
+    ///     let zone = ioregionfd_model::uapi::KvmCoalescedMmioZone { addr: 0x1000 * i, size: 0x100, pio: 0 };
+    ///     io.register_coalesced_mmio(&zone).unwrap();
+    /// }
+    /// let array = io.bus(BusKind::Mmio).snapshot().unwrap();
+    /// for addr in [0x0, 0xfc, 0xfd, 0x100, 0x5010, 0x63000] {
+    ///     assert_eq!(array.get_first_dev(addr, 4), array.get_first_dev_probed(addr, 4));
+    /// }
+    /// ```
     pub fn get_first_dev(&self, addr: u64, len: i32) -> Option<usize> {
-        let keys = &self.keys[..self.dev_count as usize];
-        let ext = len as i64 as u64;
-        let mut off = linux_bsearch(keys.len(), |i| keys[i].cmp_access(addr, ext))?;
-        while off > 0 && keys[off - 1].cmp_access(addr, ext) == 0 {
-            off -= 1;
+        match TABLED_LENS.iter().position(|&l| l == len) {
+            Some(i) => self.answers[i].answer(addr),
+            None => self.get_first_dev_probed(addr, len),
         }
-        Some(off)
+    }
+
+    /// `kvm_io_bus_get_first_dev` as the kernel runs it: the probes of Linux's bsearch over
+    /// `kvm_io_bus_cmp` (the nested-range quirk depends on where it lands), then the walk back
+    /// while the previous entry also matches. Each probe compares against the entry's
+    /// precomputed [`CmpKey`], which gives the same answer as `kvm_io_bus_cmp` without branches.
+    pub fn get_first_dev_probed(&self, addr: u64, len: i32) -> Option<usize> {
+        probe_first_dev(&self.keys[..self.dev_count as usize], addr, len)
     }
 
     /// The insertion index of `kvm_io_bus_register_dev`: the first entry that compares greater
@@ -347,6 +383,90 @@ impl BusArray {
         (0..self.ranges.len())
             .find(|&i| kvm_io_bus_cmp((self.ranges[i].addr, self.ranges[i].len), (addr, len)) > 0)
             .unwrap_or(self.ranges.len())
+    }
+}
+
+/// The access lengths [`BusArray::get_first_dev`] answers from a table: FAST_MMIO's 0 and the
+/// lengths of x86 MMIO and PIO accesses.
+pub const TABLED_LENS: [i32; 5] = [0, 1, 2, 4, 8];
+
+/// The answers of [`BusArray::get_first_dev_probed`] for one access length over the whole
+/// address space: `answers[i]` holds for every address from `starts[i]` up to the next start.
+/// A bucket index over the span where the starts lie (below 2^63; above lie the points where an
+/// access's end wraps) narrows the search for an address to the few starts of its bucket.
+///
+/// The answer can change only where one of the comparisons the probes make changes: where the
+/// address reaches an entry's start, where the access's end passes an entry's bound, and where the
+/// access's end wraps around. Between two such points every comparison, and so every probe and
+/// the walk back, comes out the same, so the probed answer at each point is the answer of the
+/// whole interval it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AnswerTable {
+    starts: Vec<u64>,
+    /// The entry index, or `u32::MAX` for none.
+    answers: Vec<u32>,
+    /// Bucket `b` covers the addresses from `lo + (b << shift)` up to the next bucket's; its
+    /// first address lies in interval `index[b]`, its last in interval `index[b + 1]` or before.
+    index: Vec<u32>,
+    lo: u64,
+    hi: u64,
+    shift: u32,
+}
+
+impl AnswerTable {
+    fn build(keys: &[CmpKey], len: i32) -> Self {
+        let ext = len as i64 as u64;
+        let mut points = Vec::with_capacity(3 * keys.len() + 1);
+        points.push(0);
+        for k in keys {
+            let e = ext & k.len_mask;
+            points.push(k.addr);
+            points.push(k.bound.wrapping_add(1).wrapping_sub(e));
+            points.push(e.wrapping_neg());
+        }
+        points.sort_unstable();
+        points.dedup();
+        let mut table = AnswerTable { starts: Vec::new(), answers: Vec::new(), index: Vec::new(), lo: 0, hi: 0, shift: 0 };
+        for p in points {
+            let answer = probe_first_dev(keys, p, len).map_or(u32::MAX, |i| i as u32);
+            if table.answers.last() != Some(&answer) {
+                table.starts.push(p);
+                table.answers.push(answer);
+            }
+        }
+        table.build_index();
+        table
+    }
+
+    /// The interval holding `addr`, by binary search over every start.
+    fn interval(&self, addr: u64) -> usize {
+        // starts[0] is 0, so at least one start is <= addr
+        self.starts.partition_point(|&s| s <= addr) - 1
+    }
+
+    fn build_index(&mut self) {
+        let n = self.starts.len();
+        self.lo = self.starts.get(1).copied().unwrap_or(0);
+        self.hi = self.starts.iter().copied().filter(|&s| s < 1 << 63).max().unwrap_or(0).max(self.lo);
+        let buckets = n.next_power_of_two() as u64;
+        self.shift = (0..64).find(|&s| (self.hi - self.lo) >> s < buckets).unwrap_or(63);
+        let count = ((self.hi - self.lo) >> self.shift) as usize + 1;
+        self.index = (0..=count).map(|b| self.interval(self.lo.saturating_add((b as u64) << self.shift)) as u32).collect();
+    }
+
+    #[inline]
+    fn answer(&self, addr: u64) -> Option<usize> {
+        let i = if addr < self.lo {
+            0
+        } else if addr <= self.hi {
+            let b = ((addr - self.lo) >> self.shift) as usize;
+            let (first, last) = (self.index[b] as usize, self.index[b + 1] as usize);
+            first + self.starts[first + 1..=last].partition_point(|&s| s <= addr)
+        } else {
+            self.interval(addr)
+        };
+        let a = self.answers[i];
+        (a != u32::MAX).then_some(a as usize)
     }
 }
 
@@ -906,6 +1026,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn answer_tables_give_the_probed_answer() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        // zones of every shape the bus can hold: nested, overlapping, len 0, negative lens
+        // (2 GiB or more), near the top of the address space
+        let addr = prop_oneof![0u64..0x80, (0u64..0x80).prop_map(|a| u64::MAX - a), any::<u64>()];
+        let size = prop_oneof![
+            prop::sample::select(vec![0u32, 1, 2, 3, 4, 8, 0x10, 0x40]),
+            prop::sample::select(vec![0x8000_0000u32, 0xffff_fff0, u32::MAX])
+        ];
+        let zones = prop::collection::vec((addr, size), 0..40);
+        let probes = prop::collection::vec(any::<u64>(), 16);
+        let mut runner = TestRunner::new(Config { cases: 2000, ..Config::default() });
+        runner
+            .run(&(zones, probes), |(zones, probes)| {
+                let io = io(BusConfig::default());
+                for &(a, sz) in &zones {
+                    zone(&io, a, sz);
+                }
+                let Some(array) = io.bus(BusKind::Mmio).snapshot() else { return Ok(()) };
+                for len in TABLED_LENS {
+                    let table = AnswerTable::build(&array.keys, len);
+                    let mut addrs = probes.clone();
+                    for &s in &table.starts {
+                        addrs.extend([s, s.wrapping_sub(1), s.wrapping_add(1)]);
+                    }
+                    for k in &array.keys {
+                        for p in [k.addr, k.bound] {
+                            addrs.extend([p.wrapping_sub(8), p.wrapping_sub(1), p, p.wrapping_add(1), p.wrapping_add(8)]);
+                        }
+                    }
+                    for a in addrs {
+                        let want = array.get_first_dev_probed(a, len);
+                        prop_assert_eq!(table.answer(a), want, "len {} addr {:#x} zones {:x?}", len, a, zones);
+                        prop_assert_eq!(array.get_first_dev(a, len), want);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
