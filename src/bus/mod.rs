@@ -372,7 +372,7 @@ impl BusArray {
     /// `kvm_io_bus_get_first_dev` as the kernel runs it: the probes of Linux's bsearch over
     /// `kvm_io_bus_cmp` (the nested-range quirk depends on where it lands), then the walk back
     /// while the previous entry also matches. Each probe compares against the entry's
-    /// precomputed [`CmpKey`], which gives the same answer as `kvm_io_bus_cmp` without branches.
+    /// precomputed `CmpKey`, which gives the same answer as `kvm_io_bus_cmp` without branches.
     pub fn get_first_dev_probed(&self, addr: u64, len: i32) -> Option<usize> {
         probe_first_dev(&self.keys[..self.dev_count as usize], addr, len)
     }
