@@ -426,7 +426,8 @@ impl AnswerTable {
         }
         points.sort_unstable();
         points.dedup();
-        let mut table = AnswerTable { starts: Vec::new(), answers: Vec::new(), index: Vec::new(), lo: 0, hi: 0, shift: 0 };
+        let mut table =
+            AnswerTable { starts: Vec::new(), answers: Vec::new(), index: Vec::new(), lo: 0, hi: 0, shift: 0 };
         for p in points {
             let answer = probe_first_dev(keys, p, len).map_or(u32::MAX, |i| i as u32);
             if table.answers.last() != Some(&answer) {
@@ -451,7 +452,8 @@ impl AnswerTable {
         let buckets = n.next_power_of_two() as u64;
         self.shift = (0..64).find(|&s| (self.hi - self.lo) >> s < buckets).unwrap_or(63);
         let count = ((self.hi - self.lo) >> self.shift) as usize + 1;
-        self.index = (0..=count).map(|b| self.interval(self.lo.saturating_add((b as u64) << self.shift)) as u32).collect();
+        self.index =
+            (0..=count).map(|b| self.interval(self.lo.saturating_add((b as u64) << self.shift)) as u32).collect();
     }
 
     #[inline]
@@ -1057,7 +1059,13 @@ mod tests {
                     }
                     for k in &array.keys {
                         for p in [k.addr, k.bound] {
-                            addrs.extend([p.wrapping_sub(8), p.wrapping_sub(1), p, p.wrapping_add(1), p.wrapping_add(8)]);
+                            addrs.extend([
+                                p.wrapping_sub(8),
+                                p.wrapping_sub(1),
+                                p,
+                                p.wrapping_add(1),
+                                p.wrapping_add(8),
+                            ]);
                         }
                     }
                     for a in addrs {
