@@ -312,6 +312,49 @@ violation lifetime: use of file#1 (pipe read end, inode tmpfs:100) after it was 
     proposed_prints(script, "vm 0\nfd 3 4\nfd 5 6\nok\nok\nok\nok\nok\nblocked\n");
 }
 
+/// `lifetime`, found by the `registration` fuzz target (docs/fuzzing.md): rfc-v3 takes any fd as
+/// a region's read fd, eventfds included, and every eventfd is a file of the one anonymous inode,
+/// so two regions reading from two eventfds share one context (contexts are keyed by `i_ino`).
+/// Each DEASSIGN puts the context's read file, the first region's eventfd, so the second one frees
+/// it while fd 3 is still open: the ioeventfd then takes a reference on the freed eventfd, and the
+/// close puts a freed file. The double put of
+/// `rfc_v3_fifo_files_share_a_context_and_the_read_end_is_put_twice`, reached through a kind of
+/// file the state machines never give a region. proposed keeps each region's own file.
+#[test]
+fn rfc_v3_two_eventfds_as_read_fds_share_a_context_and_one_is_freed_while_open() {
+    let script = "\
+vm
+eventfd
+eventfd
+socketpair
+ioregion 0 mmio 0x1000 8 3 5 user_data=1   # responses from eventfd 3 (anon inode)
+ioregion 0 mmio 0x2000 8 4 5 user_data=2   # eventfd 4: the same inode, the same context
+ioregion 0 mmio 0x2000 8 4 5 user_data=2 deassign   # puts eventfd 3's file
+ioregion 0 mmio 0x1000 8 3 5 user_data=1 deassign   # puts it again: freed, fd 3 still open
+ioeventfd 0 mmio 0x3000 4 3
+close 3
+";
+    prints(
+        Design::RfcV3,
+        script,
+        "vm 0
+eventfd 3
+eventfd 4
+fd 5 6
+ok
+violation lifetime: reference taken on context#1 whose count is 0
+ok
+ok
+ok
+ok
+violation lifetime: reference taken on eventfd 3 whose count is 0
+ok
+violation lifetime: reference put on file#1 (eventfd, inode anon:1) whose count is already 0
+",
+    );
+    proposed_prints(script, "vm 0\neventfd 3\neventfd 4\nfd 5 6\nok\nok\nok\nok\nok\nok\n");
+}
+
 /// `lifetime` (use after free) across superblocks: sockfs/pipefs and tmpfs number their inodes
 /// with separate counters that both start at 100, so the first socket (sockfs:100) and the first
 /// FIFO (tmpfs:100) have the same `i_ino`. The region at 0x2000 (responses from socket fd 3) is

@@ -2,6 +2,7 @@
 //! seed-corpus [DIR]` fills `DIR/TARGET/NAME` (default `fuzz/corpus`). The files are committed;
 //! `tests/fuzz_replay.rs` checks that they are what this program writes.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 fn main() {
@@ -23,6 +24,7 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        println!("{}: {} seeds in {}", target.name, seeds.len(), dir.display());
+        // a closed stdout (`| head`) is no reason to stop writing the corpus
+        let _ = writeln!(std::io::stdout(), "{}: {} seeds in {}", target.name, seeds.len(), dir.display());
     }
 }

@@ -551,13 +551,13 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         out.push((format!("golden-{name}"), encode_script(design, text)));
     }
     let regressions = std::fs::read_to_string(root.join("tests/regressions_ioregion.rs")).unwrap_or_default();
-    for (i, script) in scripts_in_rust_source(&regressions).into_iter().enumerate() {
+    for (name, script) in scripts_in_rust_source(&regressions) {
         let seed_form = script
             .lines()
             .any(|l| parse_line(l).ok().flatten().is_some_and(|op| matches!(op, Op::IoregionSeed { .. })));
         let designs: &[Design] = if seed_form { &[Design::Seed] } else { &[Design::RfcV3, Design::Proposed] };
         for &d in designs {
-            out.push((format!("regression-{i:02}-{d}"), encode_script(d, &script)));
+            out.push((format!("regression-{name}-{d}"), encode_script(d, &script)));
         }
     }
     for (name, text) in super::read_dir_sorted(&root.join("fuzz/seeds/registration"), "script") {
@@ -573,14 +573,20 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The scripts of a Rust source written as `let script = "\` ... `";` (the regression tests).
-fn scripts_in_rust_source(source: &str) -> Vec<String> {
+/// The scripts of a Rust source written as `let script = "\` ... `";` (the regression tests),
+/// each with the name of the function it is in.
+fn scripts_in_rust_source(source: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = source;
+    let mut name = String::from("script");
     while let Some(i) = rest.find("let script = \"\\\n") {
+        if let Some(f) = rest[..i].rfind("\nfn ") {
+            let after = &rest[f + "\nfn ".len()..];
+            name = after.split('(').next().unwrap_or("script").to_string();
+        }
         rest = &rest[i + "let script = \"\\\n".len()..];
         let Some(end) = rest.find("\";") else { break };
-        out.push(rest[..end].to_string());
+        out.push((name.clone(), rest[..end].to_string()));
         rest = &rest[end..];
     }
     out
