@@ -604,24 +604,6 @@ fn generated_cases_reach_the_mechanisms() {
 // the regression tests of `tests/regressions_ioregion.rs` were found.
 // ---------------------------------------------------------------------------------------------
 
-/// The mechanism of a violation text: numbers blanked, message dumps dropped.
-fn blank_numbers(text: &str) -> String {
-    let text = text.split(" ([").next().unwrap_or(text);
-    let mut out = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
-                chars.next();
-            }
-            out.push('N');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn violations_of(design: Design, ops: &[Op]) -> Vec<String> {
     let mut runner = ioregionfd_model::script::Runner::without_trace(design);
     let mut all = Vec::new();
@@ -632,7 +614,7 @@ fn violations_of(design: Design, ops: &[Op]) -> Vec<String> {
 }
 
 fn minimize(design: Design, mut ops: Vec<Op>, key: &str) -> Vec<Op> {
-    let still = |ops: &[Op]| violations_of(design, ops).iter().any(|v| blank_numbers(v) == key);
+    let still = |ops: &[Op]| violations_of(design, ops).iter().any(|v| mechanism(v) == key);
     let mut changed = true;
     while changed {
         changed = false;
@@ -660,7 +642,7 @@ fn harvest<P: Preset>(cases: usize) {
     for _ in 0..cases {
         let (_, ops, _) = strategy.new_tree(&mut runner).expect("a case").current();
         for v in violations_of(P::DESIGN, &ops) {
-            let key = blank_numbers(&v);
+            let key = mechanism(&v);
             if found.get(&key).is_none_or(|best| best.len() > ops.len()) {
                 found.insert(key, ops.clone());
             }

@@ -6,25 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ioregionfd_model_fuzz::registration::{execute, script_of};
-
-/// A violation's mechanism: its text with numbers blanked and message dumps dropped.
-fn mechanism(text: &str) -> String {
-    let text = text.split(" ([").next().unwrap_or(text);
-    let mut out = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
-                chars.next();
-            }
-            out.push('N');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use ioregionfd_model_fuzz::registration::{execute, mechanism, script_of};
 
 fn main() {
     let mut inputs: Vec<Vec<u8>> = Vec::new();

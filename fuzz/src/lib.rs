@@ -82,3 +82,36 @@ pub fn read_dir_sorted(dir: &std::path::Path, ext: &str) -> Vec<(String, String)
     out.sort();
     out
 }
+
+/// An xorshift generator for the targets' pseudo-random tests.
+#[cfg(test)]
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TARGETS;
+
+    /// Every target's seeds have unique, file-name-safe names and run clean.
+    #[test]
+    fn seeds_pass() {
+        for target in &TARGETS {
+            let seeds = (target.seeds)();
+            assert!(!seeds.is_empty(), "{}: no seeds", target.name);
+            let mut names: Vec<&str> = seeds.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), seeds.len(), "{}: seed names must be unique", target.name);
+            for (name, data) in &seeds {
+                assert!(name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'), "{name}");
+                (target.run)(data);
+            }
+        }
+    }
+}

@@ -153,6 +153,12 @@ pub fn execute(data: &[u8]) -> Summary {
 /// fire through no fault of the design; these invariants no userspace can break.
 pub const WIRING_INDEPENDENT: [&str; 6] = ["lifetime", "bus", "overlap", "no-leak", "liveness", "resume"];
 
+/// A violation's mechanism: its text with numbers blanked (the reference's `mechanism`, shared
+/// with the state machines' harvest).
+pub fn mechanism(text: &str) -> String {
+    reference::mechanism(text)
+}
+
 /// The script an input runs (design line first, then one operation per line), as
 /// `ioregionfd-model script` replays it: what a crash is turned into for a named regression.
 pub fn script_of(data: &[u8]) -> String {

@@ -2160,3 +2160,22 @@ pub(crate) fn convert(
         }
     })
 }
+
+/// The mechanism of a violation text: numbers blanked, message dumps dropped (to tell distinct
+/// violations apart in the state machines' harvest and the fuzz target's findings).
+pub(crate) fn mechanism(text: &str) -> String {
+    let text = text.split(" ([").next().unwrap_or(text);
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
+                chars.next();
+            }
+            out.push('N');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
