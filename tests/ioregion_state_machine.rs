@@ -225,8 +225,10 @@ fn ioeventfd_strategy(s: &World) -> BoxedStrategy<Op> {
         fd,
         prop::bool::weighted(0.2),
         prop::option::weighted(0.15, 0u64..4),
+        // raw flags now and then: the CCW notify bus, FAST_MMIO's flag, an unknown bit
+        prop::sample::select(vec![0u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x8, 0x10, 0x20]),
     )
-        .prop_map(|(vm, bus, off, len, fd, deassign, datamatch)| Op::Ioeventfd {
+        .prop_map(|(vm, bus, off, len, fd, deassign, datamatch, extra_flags)| Op::Ioeventfd {
             vm,
             bus,
             addr: base(bus) + off,
@@ -234,7 +236,7 @@ fn ioeventfd_strategy(s: &World) -> BoxedStrategy<Op> {
             fd,
             datamatch,
             deassign,
-            extra_flags: 0,
+            extra_flags,
         })
         .boxed()
 }
@@ -387,7 +389,7 @@ fn transitions_of(s: &World) -> BoxedStrategy<Op> {
     arms.push((if serving == 0 && regions > 0 { 8 } else { 2 }, serve_strategy(s)));
     arms.push((1, Just(Op::Eventfd).boxed()));
     arms.push((3, ioeventfd_strategy(s)));
-    arms.push((1, coalesced_strategy(s)));
+    arms.push((2, coalesced_strategy(s)));
     arms.push((2, close_strategy(s)));
     arms.push((4, access_strategy(s)));
     if let Some(t) = targeted_access_strategy(s) {

@@ -77,11 +77,16 @@ pub struct Summary {
 /// Runs one input; panics (a crash for libFuzzer) on a divergence from the reference, on any
 /// violation under `proposed`, and on a panic of the model.
 pub fn run(data: &[u8]) {
-    execute(data);
+    execute_with(data, false);
 }
 
-/// Runs one input and says what it did; panics as [`run`] does.
+/// Runs one input and says what it did, violation texts included; panics as [`run`] does.
 pub fn execute(data: &[u8]) -> Summary {
+    execute_with(data, true)
+}
+
+/// [`execute`], collecting the violations only when `collect` (the fuzzer's hot path does not).
+fn execute_with(data: &[u8], collect: bool) -> Summary {
     let Some((&first, rest)) = data.split_first() else { return Summary::default() };
     let design = super::design_of(first);
     let mut u = Unstructured::new(rest);
@@ -115,15 +120,18 @@ pub fn execute(data: &[u8]) -> Summary {
             summary.alloc_failures += 1;
             in_step = false;
         }
-        summary.violations.extend(&shown.expect.events);
-        summary.texts.extend(shown.event_texts.iter().cloned());
-        for text in &shown.standing_texts {
-            if !standing.contains(text) {
-                summary.violations.extend(shown.expect.structure.iter().find(|id| text.starts_with(*id)));
-                summary.texts.push(text.clone());
+        if collect {
+            summary.violations.extend(&shown.expect.events);
+            summary.texts.extend(shown.event_texts());
+            let standing_now = shown.standing_texts();
+            for text in &standing_now {
+                if !standing.contains(text) {
+                    summary.violations.extend(shown.expect.structure.iter().find(|id| text.starts_with(*id)));
+                    summary.texts.push(text.clone());
+                }
             }
+            standing = standing_now;
         }
-        standing.clone_from(&shown.standing_texts);
         if in_step {
             summary.compared += 1;
             let want = world.last.as_ref().expect("the reference ran");
@@ -136,8 +144,8 @@ pub fn execute(data: &[u8]) -> Summary {
             if judged {
                 panic!(
                     "registration: proposed must violate nothing (after an injected allocation failure: {WIRING_INDEPENDENT:?} judged)\n  violations this step: {:#?}\n  standing: {:#?}\nscript:\n{}\n",
-                    shown.event_texts,
-                    shown.standing_texts,
+                    shown.event_texts(),
+                    shown.standing_texts(),
                     sut.script()
                 );
             }

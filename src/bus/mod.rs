@@ -284,8 +284,9 @@ pub struct BusArray {
     /// The entries' comparison keys, contiguous for the lookup (same order as `ranges`).
     keys: Vec<CmpKey>,
     /// The answers of [`get_first_dev_probed`](Self::get_first_dev_probed) for the access
-    /// lengths in [`TABLED_LENS`], as interval tables built with the array.
-    answers: Box<[AnswerTable; TABLED_LENS.len()]>,
+    /// lengths in [`TABLED_LENS`], as interval tables built with the array when it has
+    /// [`TABLE_MIN_DEVS`] entries or more.
+    answers: Option<Box<[AnswerTable; TABLED_LENS.len()]>>,
     /// `ioeventfd_count`.
     ioeventfd_count: AtomicI32,
     /// `range[]`, sorted per [`kvm_io_bus_cmp`].
@@ -307,7 +308,8 @@ impl fmt::Debug for BusArray {
 impl BusArray {
     fn new(ranges: Vec<IoRange>, ioeventfd_count: i32) -> Self {
         let keys: Vec<CmpKey> = ranges.iter().map(|r| CmpKey::new(r.addr, r.len)).collect();
-        let answers = Box::new(TABLED_LENS.map(|len| AnswerTable::build(&keys, len)));
+        let answers =
+            (keys.len() >= TABLE_MIN_DEVS).then(|| Box::new(TABLED_LENS.map(|len| AnswerTable::build(&keys, len))));
         BusArray {
             dev_count: ranges.len() as i32,
             keys,
@@ -344,10 +346,11 @@ impl BusArray {
 
     /// `kvm_io_bus_get_first_dev`: bsearch, then walk back while the previous entry also matches.
     ///
-    /// For the lengths guests use ([`TABLED_LENS`]) the answer comes from a table of what
+    /// For the lengths guests use ([`TABLED_LENS`]), on an array of [`TABLE_MIN_DEVS`] entries or
+    /// more, the answer comes from a table of what
     /// [`get_first_dev_probed`](Self::get_first_dev_probed) answers, built once when the array is
     /// (arrays never change after publication): the same answer for every address, found
-    /// through a bucket index and a short search. Other lengths run the probes.
+    /// through a bucket index and a short search. Other lengths and smaller arrays run the probes.
     ///
     /// ```
     /// use ioregionfd_model::bus::{BusConfig, BusKind, KvmIo};
@@ -363,9 +366,9 @@ impl BusArray {
     /// }
     /// ```
     pub fn get_first_dev(&self, addr: u64, len: i32) -> Option<usize> {
-        match TABLED_LENS.iter().position(|&l| l == len) {
-            Some(i) => self.answers[i].answer(addr),
-            None => self.get_first_dev_probed(addr, len),
+        match (&self.answers, TABLED_LENS.iter().position(|&l| l == len)) {
+            (Some(tables), Some(i)) => tables[i].answer(addr),
+            _ => self.get_first_dev_probed(addr, len),
         }
     }
 
@@ -389,6 +392,12 @@ impl BusArray {
 /// The access lengths [`BusArray::get_first_dev`] answers from a table: FAST_MMIO's 0 and the
 /// lengths of x86 MMIO and PIO accesses.
 pub const TABLED_LENS: [i32; 5] = [0, 1, 2, 4, 8];
+
+/// The fewest entries for which an array builds its answer tables. Building costs a probed lookup
+/// at up to three points per entry and length on every publication; below this size the probes
+/// take at most four steps, and the arrays the checkers build (a few entries, published on every
+/// registration) would pay the building for nothing.
+pub const TABLE_MIN_DEVS: usize = 16;
 
 /// The answers of [`BusArray::get_first_dev_probed`] for one access length over the whole
 /// address space: `answers[i]` holds for every address from `starts[i]` up to the next start.
