@@ -3,7 +3,8 @@
 //! docs of `src/design.rs`, the seed registration order documented on
 //! `KvmIo::set_ioregion_seed`, and the transport semantics documented on `fd::channel` and `fd`.
 //!
-//! The reference ([`World`]) is a plain value: index-linked tables of files (`f_count`, inode as
+//! The reference ([`World`], in `tests/reference/mod.rs`, shared with the `registration` fuzz
+//! target) is a plain value: index-linked tables of files (`f_count`, inode as
 //! superblock and number, from the two counters that both start at 100), channels (bytes or
 //! seqpacket messages, capacity, open ends, and the ghost tag of every queued byte the model uses
 //! for `route`, `isolation` and `wire`), ioregionfd objects with their last-close rule,

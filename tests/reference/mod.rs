@@ -423,7 +423,7 @@ pub(crate) struct Seen {
 #[derive(Clone, Debug)]
 pub(crate) struct World {
     pub(crate) design: Design,
-    /// proposed: a sanely wired userspace, and no violation at all (see `preconditions`).
+    /// proposed: a sanely wired userspace, and no violation at all (see [`World::admits`]).
     pub(crate) strict: bool,
     pub(crate) fds: BTreeMap<i32, usize>,
     pub(crate) files: Vec<RFile>,
