@@ -5,9 +5,10 @@
 //! torn) and points only to live devices, then makes its access; the outcome must be one the
 //! kernel allows (handled by the ioeventfd and counted once, or an exit and not counted).
 
-use super::{Expected, Failure, Scenario, assertion, verdict};
 use ioregionfd_model::bus::{BusKind, Reclaim, check_bus_array};
 use ioregionfd_model::kvm::Kvm;
+use ioregionfd_model::scenario::check::{assertion, verdict};
+use ioregionfd_model::scenario::{Expected, Failure, Row};
 use ioregionfd_model::sync::{Arc, spawn_named};
 use ioregionfd_model::uapi::{KVM_IOEVENTFD_FLAG_DEASSIGN, KvmIoeventfd};
 use ioregionfd_model::vm::{AccessOutcome, VmConfig};
@@ -137,70 +138,71 @@ fn churn(reclaim: Reclaim, enomem: bool) -> Result<(), Failure> {
     assertion(&kvm, d.is_ok() && (enomem || r.is_ok()) && enomem_seen <= 1, format!("register {r:?}, deassign {d:?}"))
 }
 
-pub fn scenarios() -> Vec<Scenario> {
+/// The bus rows (mainline and its defect variants).
+pub fn rows() -> Vec<Row> {
     vec![
-        Scenario {
-            name: "bus-churn-vs-two-vcpus",
-            summary: "one VMM thread registers at B, another deassigns A, while two vCPUs write A and B",
-            design: "mainline",
-            expected: Expected::Holds,
-            run: || churn(Reclaim::AfterReaders, false),
-        },
-        Scenario {
-            name: "bus-churn-enomem-vs-two-vcpus",
-            summary: "as above, with the first array allocation failing (a failed register, or a NULL bus)",
-            design: "mainline",
-            expected: Expected::Holds,
-            run: || churn(Reclaim::AfterReaders, true),
-        },
-        Scenario {
-            name: "bus-churn-vs-two-vcpus",
-            summary: "as above, but unregister destroys without waiting for SRCU readers",
-            design: "defect:no-srcu-wait",
-            expected: Expected::Violates("lifetime"),
-            run: || churn(Reclaim::Immediately, false),
-        },
-        Scenario {
-            name: "bus-register-vs-dispatch",
-            summary: "KVM_IOEVENTFD adds an entry at B while a vCPU writes A",
-            design: "mainline",
-            expected: Expected::Holds,
-            run: || race(Vmm::Register, Reclaim::AfterReaders),
-        },
-        Scenario {
-            name: "bus-register-enomem-vs-dispatch",
-            summary: "the array allocation of a register fails while a vCPU writes A",
-            design: "mainline",
-            expected: Expected::Holds,
-            run: || race(Vmm::RegisterEnomem, Reclaim::AfterReaders),
-        },
-        Scenario {
-            name: "bus-unregister-vs-dispatch",
-            summary: "KVM_IOEVENTFD deassigns A while a vCPU writes A",
-            design: "mainline",
-            expected: Expected::Holds,
-            run: || race(Vmm::Deassign, Reclaim::AfterReaders),
-        },
-        Scenario {
-            name: "bus-unregister-enomem-vs-dispatch",
-            summary: "deassign of A fails to allocate: NULL bus, every device destroyed, while a vCPU writes A",
-            design: "mainline",
-            expected: Expected::Holds,
-            run: || race(Vmm::DeassignEnomem, Reclaim::AfterReaders),
-        },
-        Scenario {
-            name: "bus-unregister-vs-dispatch",
-            summary: "as above, but unregister destroys without waiting for SRCU readers",
-            design: "defect:no-srcu-wait",
-            expected: Expected::Violates("lifetime"),
-            run: || race(Vmm::Deassign, Reclaim::Immediately),
-        },
-        Scenario {
-            name: "bus-unregister-enomem-vs-dispatch",
-            summary: "as above, but the NULL-bus path destroys without waiting for SRCU readers",
-            design: "defect:no-srcu-wait",
-            expected: Expected::Violates("lifetime"),
-            run: || race(Vmm::DeassignEnomem, Reclaim::Immediately),
-        },
+        Row::rust(
+            "bus-churn-vs-two-vcpus",
+            "one VMM thread registers at B, another deassigns A, while two vCPUs write A and B",
+            "mainline",
+            Expected::Holds,
+            || churn(Reclaim::AfterReaders, false),
+        ),
+        Row::rust(
+            "bus-churn-enomem-vs-two-vcpus",
+            "as above, with the first array allocation failing (a failed register, or a NULL bus)",
+            "mainline",
+            Expected::Holds,
+            || churn(Reclaim::AfterReaders, true),
+        ),
+        Row::rust(
+            "bus-churn-vs-two-vcpus",
+            "as above, but unregister destroys without waiting for SRCU readers",
+            "defect:no-srcu-wait",
+            Expected::Violates(vec!["lifetime".into()]),
+            || churn(Reclaim::Immediately, false),
+        ),
+        Row::rust(
+            "bus-register-vs-dispatch",
+            "KVM_IOEVENTFD adds an entry at B while a vCPU writes A",
+            "mainline",
+            Expected::Holds,
+            || race(Vmm::Register, Reclaim::AfterReaders),
+        ),
+        Row::rust(
+            "bus-register-enomem-vs-dispatch",
+            "the array allocation of a register fails while a vCPU writes A",
+            "mainline",
+            Expected::Holds,
+            || race(Vmm::RegisterEnomem, Reclaim::AfterReaders),
+        ),
+        Row::rust(
+            "bus-unregister-vs-dispatch",
+            "KVM_IOEVENTFD deassigns A while a vCPU writes A",
+            "mainline",
+            Expected::Holds,
+            || race(Vmm::Deassign, Reclaim::AfterReaders),
+        ),
+        Row::rust(
+            "bus-unregister-enomem-vs-dispatch",
+            "deassign of A fails to allocate: NULL bus, every device destroyed, while a vCPU writes A",
+            "mainline",
+            Expected::Holds,
+            || race(Vmm::DeassignEnomem, Reclaim::AfterReaders),
+        ),
+        Row::rust(
+            "bus-unregister-vs-dispatch",
+            "as above, but unregister destroys without waiting for SRCU readers",
+            "defect:no-srcu-wait",
+            Expected::Violates(vec!["lifetime".into()]),
+            || race(Vmm::Deassign, Reclaim::Immediately),
+        ),
+        Row::rust(
+            "bus-unregister-enomem-vs-dispatch",
+            "as above, but the NULL-bus path destroys without waiting for SRCU readers",
+            "defect:no-srcu-wait",
+            Expected::Violates(vec!["lifetime".into()]),
+            || race(Vmm::DeassignEnomem, Reclaim::Immediately),
+        ),
     ]
 }

@@ -13,6 +13,7 @@
 //! assert_eq!(Design::Proposed.name(), "proposed");
 //! ```
 
+use crate::bus::{Insertion, Reclaim};
 use crate::wire::WireFormat;
 use std::fmt;
 
@@ -70,8 +71,11 @@ impl Design {
                 failure_exit: false,
                 errors_beat_signals: false,
                 on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
+                interrupted_reply: InterruptedReply::OwnerKeepsContext,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
+                reclaim: Reclaim::AfterReaders,
+                insertion: Insertion::Sorted,
             },
             Design::RfcV3 => Knobs {
                 design: self,
@@ -94,8 +98,11 @@ impl Design {
                 failure_exit: false,
                 errors_beat_signals: false,
                 on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
+                interrupted_reply: InterruptedReply::OwnerKeepsContext,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: false,
+                reclaim: Reclaim::AfterReaders,
+                insertion: Insertion::Sorted,
             },
             Design::Proposed => Knobs {
                 design: self,
@@ -118,8 +125,11 @@ impl Design {
                 failure_exit: true,
                 errors_beat_signals: true,
                 on_vcpu_destroy: VcpuDestroy::ReleaseAndDrain,
+                interrupted_reply: InterruptedReply::NextOwnerCollects,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
+                reclaim: Reclaim::AfterReaders,
+                insertion: Insertion::Sorted,
             },
         }
     }
@@ -256,6 +266,22 @@ pub enum VcpuDestroy {
     ReleaseAndDrain,
 }
 
+/// What an access interrupted while it waits for its response (nothing of the response read yet)
+/// does with the response side of its context ([`Knobs::interrupted_reply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InterruptedReply {
+    /// seed, rfc-v3, and the defect variant of proposed: the saved transaction keeps owning the
+    /// response side until its vCPU runs KVM_RUN again. A vCPU that never does (its thread paused
+    /// for good while the VM lives) blocks every later access on that channel (`parked-vcpu`).
+    OwnerKeepsContext,
+    /// proposed: the interrupted transaction gives the response side up and leaves a slot in the
+    /// context's queue of owed responses; whoever owns the response side next first reads each
+    /// owed response (in command order) into its slot, and the interrupted transaction completes
+    /// from its slot on its next KVM_RUN (or, if nobody collected it yet, takes the response side
+    /// again and collects it itself). No access waits for another vCPU to run KVM_RUN again.
+    NextOwnerCollects,
+}
+
 /// The named knobs of a design.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Knobs {
@@ -318,6 +344,9 @@ pub struct Knobs {
     /// What destroying a vCPU does with the access it left interrupted
     /// (`vcpu-never-resumes`).
     pub on_vcpu_destroy: VcpuDestroy,
+    /// What an access interrupted while it waits for its response does with the response side of
+    /// its context (`parked-vcpu`): keep it until the vCPU runs KVM_RUN again, or hand it on.
+    pub interrupted_reply: InterruptedReply,
     /// The NR_IOBUS_DEVS check (`None`: not enforced; rfc-v3 enforces it only without kmemcg,
     /// which is a setting of the host).
     pub nr_iobus_devs: Option<i32>,
@@ -325,4 +354,206 @@ pub struct Knobs {
     /// assume) or leaves that to the caller (v5.11, which rfc-v3 was written against: it releases
     /// the region itself after unregistering).
     pub unregister_destroys: bool,
+    /// How the bus reclaims replaced arrays and unregistered devices (every preset: after SRCU
+    /// readers, as the kernel does; `immediately` is the defect variant of the bus scenarios).
+    pub reclaim: Reclaim,
+    /// Where `kvm_io_bus_register_dev` puts a new entry (every preset: sorted; `append` is the
+    /// defect variant that shows the `bus` check firing).
+    pub insertion: Insertion,
+}
+
+/// A knob value as `--knob NAME=VALUE` and scenario rows write it.
+trait KnobValue: Copy + PartialEq + Sized + 'static {
+    /// Every value with its name.
+    const VALUES: &'static [(&'static str, Self)];
+}
+
+macro_rules! knob_values {
+    ($t:ty: $($name:literal => $v:expr),+ $(,)?) => {
+        impl KnobValue for $t {
+            const VALUES: &'static [(&'static str, Self)] = &[$(($name, $v)),+];
+        }
+    };
+}
+
+knob_values!(bool: "true" => true, "false" => false);
+knob_values!(Transport: "ioregionfd-object" => Transport::IoregionfdObject, "user-fds" => Transport::UserFds);
+knob_values!(WireFormat: "seed" => WireFormat::Seed, "v3" => WireFormat::V3);
+knob_values!(ContextRule:
+    "per-ioregionfd" => ContextRule::PerIoregionfd,
+    "first-same-ino-on-vm-bus" => ContextRule::FirstSameInoOnVmBus,
+    "per-inode" => ContextRule::PerInode);
+knob_values!(CollisionRule:
+    "split-only" => CollisionRule::SplitOnly, "v3-overlap" => CollisionRule::V3Overlap, "exact" => CollisionRule::Exact);
+knob_values!(SizeZero:
+    "refused" => SizeZero::Refused,
+    "posted-on-fast-mmio-too" => SizeZero::PostedOnFastMmioToo,
+    "doorbell" => SizeZero::Doorbell);
+knob_values!(ShortTransfer: "error" => ShortTransfer::Error, "continue" => ShortTransfer::Continue);
+knob_values!(SignalRule:
+    "defer-entry" => SignalRule::DeferEntry,
+    "save-address-and-step" => SignalRule::SaveAddressAndStep,
+    "save-transaction" => SignalRule::SaveTransaction);
+knob_values!(ResumeRule:
+    "redispatch-address" => ResumeRule::RedispatchAddress, "same-transaction" => ResumeRule::SameTransaction);
+knob_values!(LastClose: "drop-regions" => LastClose::DropRegions, "keep-regions" => LastClose::KeepRegions);
+knob_values!(SendLock: "own-side" => SendLock::OwnSide, "response-side" => SendLock::ResponseSide);
+knob_values!(VcpuDestroy:
+    "keeps-transaction" => VcpuDestroy::KeepsTransaction,
+    "release-context" => VcpuDestroy::ReleaseContext,
+    "release-and-drain" => VcpuDestroy::ReleaseAndDrain);
+knob_values!(InterruptedReply:
+    "owner-keeps-context" => InterruptedReply::OwnerKeepsContext,
+    "next-owner-collects" => InterruptedReply::NextOwnerCollects);
+knob_values!(Reclaim: "after-readers" => Reclaim::AfterReaders, "immediately" => Reclaim::Immediately);
+knob_values!(Insertion: "sorted" => Insertion::Sorted, "append" => Insertion::AppendUnsorted);
+
+fn value_name<T: KnobValue>(v: T) -> String {
+    T::VALUES.iter().find(|(_, x)| *x == v).map_or("?", |(n, _)| n).to_string()
+}
+
+fn value_names<T: KnobValue>() -> Vec<String> {
+    T::VALUES.iter().map(|(n, _)| n.to_string()).collect()
+}
+
+fn parse_value<T: KnobValue>(text: &str) -> Result<T, String> {
+    T::VALUES.iter().find(|(n, _)| *n == text).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<&str> = T::VALUES.iter().map(|(n, _)| *n).collect();
+        format!("`{text}` is not one of {}", names.join(", "))
+    })
+}
+
+/// One knob a reviewer can turn: its name, what it decides, its values, and how to read and set
+/// it on a [`Knobs`].
+pub struct KnobDef {
+    /// The name (`--knob NAME=VALUE`, scenario rows).
+    pub name: &'static str,
+    /// What it decides, in one line.
+    pub doc: &'static str,
+    /// Its values (a number knob says what numbers it takes).
+    pub values: fn() -> Vec<String>,
+    /// Its value in `k`.
+    pub get: fn(&Knobs) -> String,
+    /// Sets it in `k` from its written value.
+    pub set: fn(&mut Knobs, &str) -> Result<(), String>,
+}
+
+macro_rules! enum_knob {
+    ($field:ident, $t:ty, $doc:literal) => {
+        KnobDef {
+            name: stringify!($field),
+            doc: $doc,
+            values: value_names::<$t>,
+            get: |k| value_name(k.$field),
+            set: |k, v| {
+                k.$field = parse_value::<$t>(v)?;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every knob, in the order `ioregionfd-model knobs` lists them.
+pub const KNOBS: &[KnobDef] = &[
+    enum_knob!(transport, Transport, "how userspace gives KVM a region's fds"),
+    enum_knob!(wire, WireFormat, "the wire format of commands and responses"),
+    enum_knob!(
+        context,
+        ContextRule,
+        "where a response channel's serialization context lives and how a region finds it"
+    ),
+    KnobDef {
+        name: "context_kref_init",
+        doc: "the reference count a new context starts with (rfc-v3 has no kref_init: 0)",
+        values: || vec!["a number".to_string()],
+        get: |k| k.context_kref_init.to_string(),
+        set: |k, v| {
+            k.context_kref_init = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
+            Ok(())
+        },
+    },
+    enum_knob!(collision, CollisionRule, "which registrations collide with existing ones"),
+    enum_knob!(ioeventfd_checks_ioregions, bool, "whether KVM_IOEVENTFD refuses an ioeventfd overlapping an ioregion"),
+    enum_knob!(size_zero, SizeZero, "what a region of size 0 is"),
+    enum_knob!(sizes_fit_bus_len, bool, "whether sizes above INT_MAX are refused (ioregions and coalesced zones)"),
+    enum_knob!(short_transfer, ShortTransfer, "what a command or response moved in part does"),
+    enum_knob!(refuses_nonblocking_fds, bool, "whether O_NONBLOCK files and a looped pipe are refused"),
+    enum_knob!(on_signal, SignalRule, "what a signal does to a vCPU waiting in a dispatch"),
+    enum_knob!(on_resume, ResumeRule, "what the next KVM_RUN does with an interrupted access"),
+    enum_knob!(forced_eintr_reads_run_page, bool, "whether KVM_RUN forces -EINTR from run->exit_reason"),
+    enum_knob!(on_last_close, LastClose, "what closing a region file's last userspace fd does"),
+    enum_knob!(waits_outside_srcu, bool, "whether a vCPU waits for the device outside its SRCU read section"),
+    enum_knob!(send_lock, SendLock, "which side of a command channel's context a sender takes"),
+    enum_knob!(failure_exit, bool, "whether a sent command with no response exits with KVM_EXIT_IOREGIONFD_FAILURE"),
+    enum_knob!(errors_beat_signals, bool, "whether a failed transfer ends the access even with a signal pending"),
+    enum_knob!(on_vcpu_destroy, VcpuDestroy, "what destroying a vCPU does with the access it left interrupted"),
+    enum_knob!(
+        interrupted_reply,
+        InterruptedReply,
+        "who reads the response of an access interrupted while it waits for it"
+    ),
+    KnobDef {
+        name: "nr_iobus_devs",
+        doc: "the NR_IOBUS_DEVS limit of a bus (none: not enforced)",
+        values: || vec!["a number".to_string(), "none".to_string()],
+        get: |k| k.nr_iobus_devs.map_or_else(|| "none".to_string(), |n| n.to_string()),
+        set: |k, v| {
+            k.nr_iobus_devs = match v {
+                "none" => None,
+                n => Some(n.parse().map_err(|_| format!("`{n}` is not a number or `none`"))?),
+            };
+            Ok(())
+        },
+    },
+    enum_knob!(unregister_destroys, bool, "whether kvm_io_bus_unregister_dev destroys the device (v6.5+)"),
+    enum_knob!(reclaim, Reclaim, "how the bus reclaims replaced arrays and unregistered devices"),
+    enum_knob!(insertion, Insertion, "where a new bus entry goes"),
+];
+
+impl Knobs {
+    /// Sets knob `name` from its written value.
+    ///
+    /// ```
+    /// use ioregionfd_model::design::{Design, SendLock};
+    /// let mut k = Design::Proposed.knobs();
+    /// k.set("send_lock", "response-side").unwrap();
+    /// assert_eq!(k.send_lock, SendLock::ResponseSide);
+    /// assert!(k.set("send_lock", "sideways").unwrap_err().contains("own-side"));
+    /// assert!(k.set("no_such_knob", "1").is_err());
+    /// ```
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let def = KNOBS
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| format!("unknown knob `{name}` (`ioregionfd-model knobs` lists them)"))?;
+        (def.set)(self, value).map_err(|e| format!("knob {name}: {e}"))
+    }
+
+    /// Applies `NAME=VALUE` overrides in order.
+    pub fn with_overrides(mut self, overrides: &[(String, String)]) -> Result<Knobs, String> {
+        for (n, v) in overrides {
+            self.set(n, v)?;
+        }
+        Ok(self)
+    }
+
+    /// The value of knob `name`, as written.
+    pub fn get(&self, name: &str) -> Option<String> {
+        KNOBS.iter().find(|d| d.name == name).map(|d| (d.get)(self))
+    }
+}
+
+/// Parses `NAME=VALUE` (a `--knob` argument or a scenario row's override), checking that the
+/// knob exists and takes that value.
+///
+/// ```
+/// use ioregionfd_model::design::parse_override;
+/// assert_eq!(parse_override("failure_exit=false").unwrap(), ("failure_exit".into(), "false".into()));
+/// assert!(parse_override("failure_exit").is_err());
+/// assert!(parse_override("failure_exit=maybe").is_err());
+/// ```
+pub fn parse_override(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    Design::Proposed.knobs().set(name, value)?;
+    Ok((name.to_string(), value.to_string()))
 }

@@ -96,12 +96,14 @@ pub const RESUME: Invariant = Invariant {
 };
 
 /// `liveness`: no deadlock; a vCPU blocked on a device that has died or closed returns from
-/// KVM_RUN; a lock is never held by a vCPU that left KVM_RUN and will not come back; no endless
-/// -EINTR loop. Deadlocks are what loom reports as such; the rest is checked at the end of a
-/// scenario.
+/// KVM_RUN; no vCPU's access ever waits for another vCPU to call KVM_RUN again (so a lock is
+/// never held by a vCPU that left KVM_RUN and may not come back: its thread paused, or never
+/// scheduled again, while its VM lives); no endless -EINTR loop. Deadlocks are what loom reports
+/// as such; a vCPU that stops calling KVM_RUN is checked when it stops
+/// ([`Kvm::check_parked`](crate::kvm::Kvm::check_parked)); the rest at the end of a scenario.
 pub const LIVENESS: Invariant = Invariant {
     id: "liveness",
-    statement: "no deadlock; a vCPU blocked on a dead or closed device returns from KVM_RUN; no lock held by a vCPU that left KVM_RUN for good; no endless -EINTR loop",
+    statement: "no deadlock; a vCPU blocked on a dead or closed device returns from KVM_RUN; no vCPU's access waits for another vCPU to call KVM_RUN again (no lock held by a vCPU out of KVM_RUN); no endless -EINTR loop",
 };
 
 /// `no-leak`: after teardown every reference, context and region is gone.

@@ -346,6 +346,25 @@ impl Kvm {
         wrong
     }
 
+    /// `liveness` for a vCPU whose thread stops calling KVM_RUN for good while its VM lives (the
+    /// VMM paused it, or it is never scheduled again): it must own no context, or every later
+    /// access on that channel waits for it.
+    pub fn check_parked(&self, vcpu: &crate::vcpu::Vcpu) -> Vec<(&'static Invariant, String)> {
+        let who = (vcpu.vm(), vcpu.id());
+        self.contexts
+            .contexts()
+            .iter()
+            .filter(|c| c.is_live() && c.owned_by(who))
+            .map(|c| {
+                let text = format!(
+                    "vcpu{} of vm{} stops calling KVM_RUN while it owns {c}: every later access on that channel waits for it",
+                    who.1, who.0
+                );
+                (&crate::invariants::LIVENESS, text)
+            })
+            .collect()
+    }
+
     /// Tears the system down as process exit does: every VM destroyed (its buses, devices,
     /// regions), every fd of the process closed. The caller has dropped its own references.
     pub fn teardown(&self) {

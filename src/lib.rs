@@ -33,6 +33,7 @@ pub mod fd;
 pub mod invariants;
 pub mod kvm;
 pub mod region;
+pub mod scenario;
 pub mod script;
 pub mod sync;
 pub mod trace;

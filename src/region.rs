@@ -31,7 +31,8 @@ use crate::invariants::{Invariant, Kref, LIFETIME, Lifetime, OVERLAP};
 use crate::sync::{Arc, Condvar, Mutex};
 use crate::trace::Recorder;
 use crate::uapi::*;
-use std::collections::HashMap;
+use crate::wire::MESSAGE_SIZE;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Weak;
 
@@ -76,9 +77,89 @@ struct LockState {
     busy: bool,
     /// Ghost: the vCPUs that believe they own the lock (two is an `exclusive` break).
     owners: Vec<(usize, usize)>,
-    /// Response side (proposed): bytes of responses to abandoned transactions still to come on
-    /// the channel, which the next owner reads and discards before it sends.
-    owed: usize,
+    /// Response side (proposed): the responses still to come on the channel for transactions
+    /// that gave the side up (interrupted or abandoned), in command order; the next owner reads
+    /// each before it sends, into its [`ParkedReply`] or (abandoned) nowhere.
+    owed: VecDeque<OwedReply>,
+}
+
+/// A response the channel still owes to a transaction that no longer owns the response side.
+#[derive(Debug)]
+struct OwedReply {
+    /// Bytes of it still to read.
+    remaining: usize,
+    /// Where they go (`None`: the transaction was abandoned; the bytes are discarded).
+    slot: Option<Arc<ParkedReply>>,
+}
+
+/// proposed: where the response of a transaction interrupted while it waited for it is
+/// collected by whoever owns the response side next ([`InterruptedReply::NextOwnerCollects`]).
+/// The interrupted transaction completes from it on its next KVM_RUN.
+///
+/// [`InterruptedReply::NextOwnerCollects`]: crate::design::InterruptedReply::NextOwnerCollects
+#[derive(Debug, Default)]
+pub struct ParkedReply {
+    state: Mutex<ParkedState>,
+}
+
+#[derive(Debug, Default)]
+struct ParkedState {
+    buf: [u8; MESSAGE_SIZE],
+    got: usize,
+    /// Ghost: the tags of the bytes collected.
+    tags: Vec<Tag>,
+    /// The response will never come (end of file or an error while collecting it).
+    lost: bool,
+}
+
+/// What a parked transaction finds in its [`ParkedReply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Collected {
+    /// Not (all) there yet.
+    Pending,
+    /// The whole response, with the ghost tags of its bytes.
+    Reply([u8; MESSAGE_SIZE], Vec<Tag>),
+    /// It will never come.
+    Lost,
+}
+
+impl ParkedReply {
+    /// What has been collected so far.
+    pub fn collected(&self) -> Collected {
+        let s = self.state.lock();
+        if s.lost {
+            Collected::Lost
+        } else if s.got == MESSAGE_SIZE {
+            Collected::Reply(s.buf, s.tags.clone())
+        } else {
+            Collected::Pending
+        }
+    }
+
+    fn put(&self, bytes: &[u8], tags: &[Tag]) {
+        let mut s = self.state.lock();
+        let at = s.got;
+        s.buf[at..at + bytes.len()].copy_from_slice(bytes);
+        s.got += bytes.len();
+        for t in tags {
+            if s.tags.last() != Some(t) {
+                s.tags.push(*t);
+            }
+        }
+    }
+}
+
+/// One step of collecting what a channel owes ([`Context::collect_owed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Collect {
+    /// Nothing is owed.
+    Nothing,
+    /// Bytes were read (and stored or discarded); call again.
+    Progress,
+    /// Sequential model: the owed bytes are not there and nothing else can run.
+    WouldBlock,
+    /// A signal while waiting for the first byte of an owed response.
+    Interrupted,
 }
 
 /// The serialization context of a response channel (`struct ioregionfd` in rfc-v3): a wait queue
@@ -254,7 +335,9 @@ impl Context {
         if !self.life.check_use(rec, self) {
             return;
         }
-        self.state.lock().owed += owed;
+        if owed > 0 {
+            self.state.lock().owed.push_back(OwedReply { remaining: owed, slot: None });
+        }
         rec.event(
             Some(who.0),
             format_args!("vcpu{} abandons its transaction on {self}: {owed} response bytes owed", who.1),
@@ -262,15 +345,84 @@ impl Context {
         self.unlock(rec, who);
     }
 
-    /// Response bytes owed by abandoned transactions (the owner of the response side reads it).
-    pub fn owed(&self) -> usize {
-        self.state.lock().owed
+    /// proposed: a transaction interrupted while it waits for its response (nothing read yet)
+    /// gives the response side up; its response is owed to `slot`, collected by the next owner.
+    pub fn park(&self, rec: &Recorder, who: (usize, usize), slot: Arc<ParkedReply>) {
+        if !self.life.check_use(rec, self) {
+            return;
+        }
+        self.state.lock().owed.push_back(OwedReply { remaining: MESSAGE_SIZE, slot: Some(slot) });
+        rec.event(
+            Some(who.0),
+            format_args!("vcpu{} parks its transaction on {self}: its response is collected by the next owner", who.1),
+        );
+        self.unlock(rec, who);
     }
 
-    /// The owner of the response side discarded `n` owed bytes (or, at end of file, all of them).
-    pub fn paid(&self, n: usize) {
-        let mut s = self.state.lock();
-        s.owed = s.owed.saturating_sub(n);
+    /// Responses owed to transactions that gave the response side up (the owner collects them).
+    pub fn owed(&self) -> usize {
+        self.state.lock().owed.len()
+    }
+
+    /// Whether `slot` is still waiting in this context's queue.
+    pub fn owes(&self, slot: &Arc<ParkedReply>) -> bool {
+        self.state.lock().owed.iter().any(|o| o.slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, slot)))
+    }
+
+    /// The owner of the response side reads (part of) the first owed response from `end` and
+    /// stores it in its slot, or discards it. Only the wait for an owed response's first byte is
+    /// interruptible; at end of file or on an error every owed response is lost.
+    pub fn collect_owed(
+        &self,
+        rec: &Recorder,
+        who: (usize, usize),
+        end: &KernelEnd,
+        signal_pending: &(dyn Fn() -> bool + Sync),
+        sequential: bool,
+    ) -> Collect {
+        let (remaining, slot) = match self.state.lock().owed.front() {
+            None => return Collect::Nothing,
+            Some(o) => (o.remaining, o.slot.clone()),
+        };
+        let uninterrupted = || false;
+        let pending: &(dyn Fn() -> bool + Sync) =
+            if remaining < MESSAGE_SIZE { &uninterrupted } else { signal_pending };
+        let wait = if sequential { Wait::Never } else { Wait::Block { pending } };
+        let mut buf = [0u8; MESSAGE_SIZE];
+        let (t, tags) = end.read(rec, &mut buf[..remaining], &wait);
+        match t {
+            Transfer::Done(n) if n > 0 => {
+                let mut s = self.state.lock();
+                if let Some(slot) = &slot {
+                    slot.put(&buf[..n], &tags);
+                }
+                let front = s.owed.front_mut().expect("the owner alone pops owed responses");
+                front.remaining -= n;
+                let done = front.remaining == 0;
+                if done {
+                    s.owed.pop_front();
+                }
+                drop(s);
+                let whom = if slot.is_some() { "for the transaction parked on it" } else { "(abandoned: discarded)" };
+                rec.event(Some(who.0), format_args!("vcpu{} collects {n} response bytes owed on {self} {whom}", who.1));
+                Collect::Progress
+            }
+            Transfer::WouldBlock { .. } => Collect::WouldBlock,
+            Transfer::Failed(Errno::EINTR) => Collect::Interrupted,
+            t => {
+                let lost: Vec<OwedReply> = self.state.lock().owed.drain(..).collect();
+                for o in &lost {
+                    if let Some(slot) = &o.slot {
+                        slot.state.lock().lost = true;
+                    }
+                }
+                rec.event(
+                    Some(who.0),
+                    format_args!("vcpu{}: {self} will not get the {} response(s) owed ({t:?})", who.1, lost.len()),
+                );
+                Collect::Progress
+            }
+        }
     }
 
     /// Wakes every waiter on both sides (a signal was delivered to one of them).
@@ -280,6 +432,11 @@ impl Context {
             let _s = state.lock();
             wq.notify_all();
         }
+    }
+
+    /// Ghost: whether vCPU `who` (VM, vCPU) believes it owns either side of the context.
+    pub fn owned_by(&self, who: (usize, usize)) -> bool {
+        self.state.lock().owners.contains(&who) || self.send_state.lock().owners.contains(&who)
     }
 
     /// Ghost: how many vCPUs believe they own the context now (either side).

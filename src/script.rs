@@ -400,7 +400,7 @@ pub fn parse_number(tok: &str) -> Result<i128, ParseError> {
     }
 }
 
-fn number<T: TryFrom<i128>>(tok: &str, what: &str) -> Result<T, ParseError> {
+pub(crate) fn number<T: TryFrom<i128>>(tok: &str, what: &str) -> Result<T, ParseError> {
     let v = parse_number(tok)?;
     T::try_from(v).map_err(|_| ParseError(format!("{what} `{tok}` is out of range")))
 }
@@ -464,7 +464,7 @@ impl<'a> Args<'a> {
     }
 }
 
-fn guest_bus(tok: &str) -> Result<BusKind, ParseError> {
+pub(crate) fn guest_bus(tok: &str) -> Result<BusKind, ParseError> {
     match tok {
         "mmio" => Ok(BusKind::Mmio),
         "pio" => Ok(BusKind::Pio),
@@ -741,13 +741,26 @@ impl Runner {
         if let Op::Design(d) = op {
             return ok_or_errno(self.kvm.set_design(*d));
         }
-        let kvm = &self.kvm;
+        apply(&self.kvm, op)
+    }
+}
+
+/// Runs one operation on `kvm` and returns its result line (`design`, which needs the system to
+/// itself, prints `err EINVAL` here: [`Runner`] handles it).
+pub fn apply(kvm: &Kvm, op: &Op) -> String {
+    {
         let vm = |id: usize| kvm.vm(id).ok_or(Errno::EBADF);
         match *op {
             Op::Vm { backend, nr_iobus_devs, insertion } => {
-                let mut config = VmConfig { backend, ..VmConfig::for_design(&kvm.design().knobs()) };
-                config.bus.nr_iobus_devs = nr_iobus_devs;
-                config.bus.insertion = insertion;
+                // The knobs in force (overrides included) decide the bus; what the line says
+                // explicitly (a value other than the line's default) wins.
+                let mut config = VmConfig { backend, ..VmConfig::for_design(&kvm.knobs()) };
+                if nr_iobus_devs != Some(crate::bus::NR_IOBUS_DEVS) {
+                    config.bus.nr_iobus_devs = nr_iobus_devs;
+                }
+                if insertion != Insertion::Sorted {
+                    config.bus.insertion = insertion;
+                }
                 format!("vm {}", kvm.create_vm(config))
             }
             Op::Eventfd => format!("eventfd {}", kvm.eventfd()),
@@ -773,7 +786,7 @@ impl Runner {
                 }
                 Err(e) => format!("err {e}"),
             },
-            Op::Design(_) => unreachable!("handled above"),
+            Op::Design(_) => "err EINVAL".to_string(),
             Op::Transport { kind, nonblock, buf } => {
                 let (a, b) = kind.open(kvm, buf, nonblock);
                 format!("fd {a} {b}")

@@ -21,11 +21,11 @@
 //! does not keep its SRCU read section).
 
 use crate::bus::{BusKind, DispatchCtx};
-use crate::design::{Knobs, ResumeRule, ShortTransfer, SignalRule, VcpuDestroy};
+use crate::design::{InterruptedReply, Knobs, ResumeRule, ShortTransfer, SignalRule, VcpuDestroy};
 use crate::errno::Errno;
 use crate::fd::channel::{Tag, Transfer, Wait};
 use crate::invariants::{ISOLATION, LIFETIME, ROUTE, WIRE};
-use crate::region::{Ioregion, KernelEnd, LockError, RegionParams, Side};
+use crate::region::{Collect, Collected, Context, Ioregion, KernelEnd, LockError, ParkedReply, RegionParams, Side};
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex};
 use crate::wire::{MESSAGE_SIZE, Response};
@@ -83,6 +83,10 @@ pub struct SavedTxn {
     pub params: RegionParams,
     /// The command image.
     pub command: [u8; MESSAGE_SIZE],
+    /// proposed, interrupted while waiting for its response: where the next owner of the
+    /// response side collects it ([`InterruptedReply::NextOwnerCollects`]); the transaction no
+    /// longer owns the response side.
+    pub parked: Option<Arc<ParkedReply>>,
 }
 
 impl fmt::Debug for SavedIoregion {
@@ -259,6 +263,7 @@ struct Txn<'a> {
     value: u64,
     tag: Tag,
     command: [u8; MESSAGE_SIZE],
+    parked: Option<Arc<ParkedReply>>,
 }
 
 impl<'a> Txn<'a> {
@@ -278,6 +283,7 @@ impl<'a> Txn<'a> {
             value: saved.value,
             tag: saved.tag,
             command: t.command,
+            parked: t.parked.clone(),
         })
     }
 
@@ -314,8 +320,7 @@ impl<'a> Txn<'a> {
         let pending = || vcpu.signal_pending();
         let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
         match c.lock(self.ctx.rec, self.who(), &wait, takes_on_signal) {
-            Ok(()) if self.knobs.on_vcpu_destroy == VcpuDestroy::ReleaseAndDrain => self.drain_owed(c),
-            Ok(()) => Ok(()),
+            Ok(()) => self.drain_owed(c),
             Err(LockError::WouldBlock) => {
                 vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
                 Err(Errno::EINTR)
@@ -327,45 +332,107 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// proposed, holding the response side: reads and discards what abandoned transactions
-    /// still owe on the channel (nothing more is owed at end of file or on an error). A signal
-    /// first: the context is released and the access has not started (`-EINTR`).
-    fn drain_owed(&self, c: &crate::region::Context) -> Result<(), Errno> {
+    /// Where this transaction's responses are read.
+    fn response_end(&self) -> Option<KernelEnd> {
+        match (&self.p.rfile, &self.p.ctx) {
+            (Some(rf), _) => Some(KernelEnd::File(rf.clone())),
+            (None, Some(c)) => c.response_end().cloned(),
+            (None, None) => None,
+        }
+    }
+
+    /// proposed, holding the response side: first reads what the channel owes to transactions
+    /// that gave the side up (into a parked transaction's slot, or discarded for an abandoned
+    /// one; nothing more is owed at end of file or on an error). A signal while waiting for an
+    /// owed response's first byte: the context is released and the access has not started
+    /// (`-EINTR`).
+    fn drain_owed(&self, c: &Context) -> Result<(), Errno> {
         let (vcpu, rec) = (self.vcpu, self.ctx.rec);
-        let end = match (&self.p.rfile, c.response_end()) {
-            (Some(rf), _) => KernelEnd::File(rf.clone()),
-            (None, Some(e)) => e.clone(),
-            (None, None) => return Ok(()),
-        };
+        if c.owed() == 0 {
+            return Ok(());
+        }
+        let Some(end) = self.response_end() else { return Ok(()) };
         let pending = || vcpu.signal_pending();
-        let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
         loop {
-            let owed = c.owed();
-            if owed == 0 {
-                return Ok(());
-            }
-            let mut buf = [0u8; MESSAGE_SIZE];
-            match end.read(rec, &mut buf[..owed.min(MESSAGE_SIZE)], &wait).0 {
-                Transfer::Done(n) if n > 0 => {
-                    c.paid(n);
-                    rec.event(Some(vcpu.vm), format_args!("vcpu{} discards {n} response bytes owed on {c}", vcpu.id));
-                }
-                Transfer::WouldBlock { .. } => {
+            match c.collect_owed(rec, self.who(), &end, &pending, vcpu.sequential) {
+                Collect::Nothing => return Ok(()),
+                Collect::Progress => {}
+                Collect::WouldBlock => {
                     vcpu.block(format!("vcpu{} waits for a response owed on {c}", vcpu.id));
                     return Err(Errno::EINTR);
                 }
-                Transfer::Failed(Errno::EINTR) => {
-                    rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted discarding what {c} is owed", vcpu.id));
+                Collect::Interrupted => {
+                    rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted collecting what {c} is owed", vcpu.id));
                     self.unlock();
                     vcpu.save(self.saved(Step::NotStarted, None));
                     return Err(Errno::EINTR);
                 }
-                t => {
-                    c.paid(owed);
-                    rec.event(Some(vcpu.vm), format_args!("vcpu{}: {c} will not get what it is owed ({t:?})", vcpu.id));
-                }
             }
         }
+    }
+
+    /// proposed, interrupted before the first byte of its response: the transaction is saved
+    /// with its references and a slot, and gives the response side up; the next owner collects
+    /// its response into the slot ([`InterruptedReply::NextOwnerCollects`]).
+    fn park(&self, c: &Context) {
+        let slot = Arc::new(ParkedReply::default());
+        let mut saved = self.with_references(Step::GetReply);
+        if let Some(t) = saved.txn.as_mut() {
+            t.parked = Some(slot.clone());
+        }
+        self.vcpu.save(saved);
+        c.park(self.ctx.rec, self.who(), slot);
+    }
+
+    /// A parked transaction resumed: its response from its slot, collected by another owner of
+    /// the response side or, if nobody did yet, by taking the side and collecting it itself
+    /// (reading first what is owed before it). A signal while it waits leaves it parked.
+    fn collect_parked(&self, slot: &Arc<ParkedReply>) -> Result<([u8; MESSAGE_SIZE], Vec<Tag>), Result<(), Errno>> {
+        let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        for attempt in 0..2 {
+            match slot.collected() {
+                Collected::Reply(buf, tags) => {
+                    rec.event(Some(vcpu.vm), format_args!("vcpu{} finds its response collected", vcpu.id));
+                    return Ok((buf, tags));
+                }
+                Collected::Lost => break,
+                Collected::Pending if attempt == 1 => break,
+                Collected::Pending => {}
+            }
+            let (Some(c), Some(end)) = (self.p.ctx.as_ref(), self.response_end()) else { break };
+            let pending = || vcpu.signal_pending();
+            let wait = if vcpu.sequential { Wait::Never } else { Wait::Block { pending: &pending } };
+            match c.lock(rec, self.who(), &wait, false) {
+                Ok(()) => {}
+                Err(LockError::WouldBlock) => {
+                    vcpu.block(format!("vcpu{} waits for {c} forever", vcpu.id));
+                    return Err(Err(Errno::EINTR));
+                }
+                Err(LockError::Interrupted) => {
+                    self.vcpu.save(self.with_references(Step::GetReply));
+                    return Err(Err(Errno::EINTR));
+                }
+            }
+            while c.owes(slot) {
+                match c.collect_owed(rec, self.who(), &end, &pending, vcpu.sequential) {
+                    Collect::Nothing => break,
+                    Collect::Progress => {}
+                    Collect::WouldBlock => {
+                        vcpu.block(format!("vcpu{} waits for its parked response on {c}", vcpu.id));
+                        return Err(Err(Errno::EINTR));
+                    }
+                    Collect::Interrupted => {
+                        c.unlock(rec, self.who());
+                        self.vcpu.save(self.with_references(Step::GetReply));
+                        return Err(Err(Errno::EINTR));
+                    }
+                }
+            }
+            c.unlock(rec, self.who());
+        }
+        vcpu.sent_unanswered.store(true, Ordering::Release);
+        rec.event(Some(vcpu.vm), format_args!("vcpu{}: its parked response will not come", vcpu.id));
+        Err(Err(Errno::EIO))
     }
 
     fn saved(&self, step: Step, txn: Option<SavedTxn>) -> SavedIoregion {
@@ -399,7 +466,7 @@ impl<'a> Txn<'a> {
             f.get(rec);
         }
         let region = self.region.arc().expect("a region being dispatched is live");
-        let txn = SavedTxn { region, params: self.p.clone(), command: self.command };
+        let txn = SavedTxn { region, params: self.p.clone(), command: self.command, parked: self.parked.clone() };
         self.saved(step, Some(txn))
     }
 
@@ -515,12 +582,12 @@ impl<'a> Txn<'a> {
     /// GET_REPLY from byte `got` of `buf`.
     fn get_reply(&self, buf: &mut [u8; MESSAGE_SIZE], mut got: usize) -> Result<Response, Result<(), Errno>> {
         let (vcpu, rec) = (self.vcpu, self.ctx.rec);
-        let end: Option<KernelEnd> = match (&self.p.rfile, &self.p.ctx) {
-            (Some(rf), _) => Some(KernelEnd::File(rf.clone())),
-            (None, Some(c)) => c.response_end().cloned(),
-            (None, None) => None,
-        };
-        let Some(end) = end else {
+        if let Some(slot) = &self.parked {
+            let (reply, from) = self.collect_parked(slot)?;
+            *buf = reply;
+            return Ok(self.check_reply(buf, &from));
+        }
+        let Some(end) = self.response_end() else {
             rec.violation(&LIFETIME, "NULL dereference: GET_REPLY on a region without a context");
             return Err(Err(Errno::EFAULT));
         };
@@ -549,11 +616,16 @@ impl<'a> Txn<'a> {
             }
             if vcpu.signal_pending() && (!self.transactional() || got == 0) && !self.error_wins(t) {
                 rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
-                if self.transactional() {
-                    self.save_transaction(Step::GetReply);
-                } else {
+                match &self.p.ctx {
+                    Some(c)
+                        if self.transactional()
+                            && self.knobs.interrupted_reply == InterruptedReply::NextOwnerCollects =>
+                    {
+                        self.park(c)
+                    }
+                    _ if self.transactional() => self.save_transaction(Step::GetReply),
                     // rfc-v3: the bytes already read are dropped.
-                    vcpu.save(self.saved(Step::GetReply, None));
+                    _ => vcpu.save(self.saved(Step::GetReply, None)),
                 }
                 return Err(Err(Errno::EINTR));
             }
@@ -565,7 +637,14 @@ impl<'a> Txn<'a> {
                 return Err(Err(e));
             }
         }
-        match from.as_slice() {
+        Ok(self.check_reply(buf, &from))
+    }
+
+    /// Checks a whole response against the access (`route`, `isolation` on its ghost tags;
+    /// `wire`) and decodes it.
+    fn check_reply(&self, buf: &[u8; MESSAGE_SIZE], from: &[Tag]) -> Response {
+        let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        match from {
             [t] if *t == self.tag => {}
             [] => rec.violation(&ROUTE, format_args!("{} completes with a response to no command", self.tag)),
             others => {
@@ -577,11 +656,11 @@ impl<'a> Txn<'a> {
         match Response::decode(buf) {
             Ok(r) => {
                 rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY data {:#x}", vcpu.id, r.data));
-                Ok(r)
+                r
             }
             Err(e) => {
                 rec.violation(&WIRE, format_args!("{} reads a malformed response: {e}", self.tag));
-                Ok(Response { data: u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) })
+                Response { data: u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) }
             }
         }
     }
@@ -621,7 +700,10 @@ impl<'a> Txn<'a> {
                 Err(r) => return r,
             }
         }
-        self.unlock();
+        // A parked transaction gave the response side up when it was interrupted.
+        if self.parked.is_none() {
+            self.unlock();
+        }
         Ok(())
     }
 }
@@ -690,6 +772,7 @@ pub(crate) fn ioregion_access(
         value: u64::from_le_bytes(value),
         tag: resumed.as_ref().map_or_else(|| vcpu.current_tag(), |s| s.tag),
         command: cmd.encode(knobs.wire),
+        parked: None,
     };
     if !is_write && region.size() == 0 && knobs.size_zero == crate::design::SizeZero::Doorbell {
         // proposed: nobody answers a doorbell; a read of one exits to userspace, nothing sent.
@@ -735,7 +818,10 @@ pub(crate) fn abandon(ctx: &DispatchCtx<'_>, saved: &SavedIoregion) {
         VcpuDestroy::ReleaseContext => false,
         VcpuDestroy::ReleaseAndDrain => true,
     };
+    // A parked transaction holds no side of its context: its response is collected into a slot
+    // nobody reads any more.
     if saved.step == Step::GetReply
+        && txn.parked.is_none()
         && let Some(c) = &txn.p.ctx
     {
         c.abandon(ctx.rec, txn.who(), if drain { MESSAGE_SIZE } else { 0 });

@@ -58,8 +58,8 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// The mainline settings with the design's changes to the bus (`proposed`: coalesced zones
-    /// above `INT_MAX` refused; every design: its NR_IOBUS_DEVS setting).
+    /// The mainline settings with the design's bus knobs applied (`proposed`: coalesced zones
+    /// above `INT_MAX` refused; every design: its NR_IOBUS_DEVS setting, reclaim and insertion).
     ///
     /// ```
     /// use ioregionfd_model::design::Design;
@@ -71,6 +71,8 @@ impl VmConfig {
         let mut c = VmConfig::default();
         c.bus.nr_iobus_devs = knobs.nr_iobus_devs;
         c.bus.zone_size_fits_int = knobs.sizes_fit_bus_len;
+        c.bus.reclaim = knobs.reclaim;
+        c.bus.insertion = knobs.insertion;
         c
     }
 }

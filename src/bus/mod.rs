@@ -517,7 +517,7 @@ impl<T> std::ops::DerefMut for SlotsGuard<'_, T> {
 
 /// How the bus reclaims what it replaced; the defect variant exists to show that the `lifetime`
 /// check (and loom) catch a destroy that does not wait for readers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Reclaim {
     /// The kernel: `call_srcu` after register, `synchronize_srcu` before destroying in unregister.
     #[default]
@@ -528,7 +528,7 @@ pub enum Reclaim {
 
 /// Where `kvm_io_bus_register_dev` puts a new entry; the defect variant exists to show that the
 /// `bus` check catches an array that is not sorted per `kvm_io_bus_cmp`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Insertion {
     /// The kernel (since "kvm: use insert sort in kvm_io_bus_register_dev function"): before the
     /// first entry that compares greater.

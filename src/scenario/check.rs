@@ -1,0 +1,423 @@
+//! Rows, verdicts and the checkers that explore a row: loom (`--cfg loom`: every interleaving up
+//! to a preemption bound), shuttle (`--features shuttle`: PCT and random schedules from fixed
+//! seeds), or one run on real threads (a smoke run, neither).
+//!
+//! A search that was cut short (a time or execution limit, loom's branch limit) is reported as
+//! [`Completeness::Incomplete`] and never as a verdict of `holds`.
+
+use crate::design::{Design, Knobs};
+use crate::kvm::Kvm;
+use crate::trace::Recorder;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a row should conclude.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// Every invariant holds in every explored execution.
+    Holds,
+    /// Some execution violates one of these invariants (`a|b` in a file: where one scenario shows
+    /// two defects of a design, the checker may meet either first).
+    Violates(Vec<String>),
+}
+
+impl Expected {
+    /// As a row writes it: `holds`, or the ids joined by `|`.
+    pub fn text(&self) -> String {
+        match self {
+            Expected::Holds => "holds".into(),
+            Expected::Violates(ids) => ids.join("|"),
+        }
+    }
+
+    /// Whether a verdict (`holds`, or the comma-separated ids of the first failing execution)
+    /// is what this expects.
+    pub fn matches(&self, verdict: &str) -> bool {
+        match self {
+            Expected::Holds => verdict == "holds",
+            Expected::Violates(ids) => ids.iter().any(|id| verdict.split(',').any(|v| v == id)),
+        }
+    }
+}
+
+/// A failing execution: the violated invariants, what was seen first, and the trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The ids of the invariants the execution violated, comma-separated in order of first
+    /// violation (`liveness` for a deadlock, `panic` for a crash of the model itself,
+    /// `assertion` for an outcome the scenario rules out, `setup` for a setup that failed).
+    pub invariant: String,
+    /// What was seen.
+    pub text: String,
+    /// The numbered event list of the execution.
+    pub trace: String,
+}
+
+/// How a row is run.
+#[derive(Clone)]
+pub enum RowRun {
+    /// A scenario file under these knobs.
+    File {
+        /// The scenario.
+        scenario: Arc<super::Scenario>,
+        /// The knobs of the row.
+        knobs: Knobs,
+    },
+    /// A scenario written in Rust (kept for checks a file cannot state).
+    Rust(fn() -> Result<(), Failure>),
+}
+
+/// One row of the catalogue: a scenario under one design or variant.
+#[derive(Clone)]
+pub struct Row {
+    /// The scenario's name.
+    pub name: String,
+    /// What happens in it.
+    pub summary: String,
+    /// The design or variant label (`proposed`, `defect:...`, `mainline`).
+    pub label: String,
+    /// The preset the row's knobs start from.
+    pub design: Design,
+    /// The expected verdict.
+    pub expected: Expected,
+    /// How to run one execution.
+    pub run: RowRun,
+}
+
+impl Row {
+    /// A row written in Rust.
+    pub fn rust(name: &str, summary: &str, label: &str, expected: Expected, run: fn() -> Result<(), Failure>) -> Row {
+        Row {
+            name: name.into(),
+            summary: summary.into(),
+            label: label.into(),
+            design: Design::Proposed,
+            expected,
+            run: RowRun::Rust(run),
+        }
+    }
+
+    /// Runs one execution of the row on the current backend.
+    pub fn execute(&self) -> Result<(), Failure> {
+        match &self.run {
+            RowRun::File { scenario, knobs } => super::run::execute(scenario, *knobs),
+            RowRun::Rust(f) => f(),
+        }
+    }
+
+    /// Whether `filter` selects this row: a part of its name, or its label or design exactly.
+    pub fn selected_by(&self, filter: &str) -> bool {
+        self.name.contains(filter) || self.label == filter || self.design.name() == filter
+    }
+}
+
+thread_local! {
+    /// The recorder of the execution under way and its mark, so that a deadlock (which loom
+    /// reports by panicking) can still be judged by the violations recorded before it.
+    static WATCHED: std::cell::RefCell<Option<(Recorder, usize)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the checker judge a panic of this execution by `kvm`'s violations after `mark`.
+pub fn watch(kvm: &Kvm, mark: usize) {
+    WATCHED.with(|w| *w.borrow_mut() = Some((kvm.recorder().clone(), mark)));
+}
+
+/// The violations `rec` recorded after `mark`, plus `extra` (an invariant found by another
+/// check), as one failure: every invariant id in order, the first text, the trace.
+pub fn failure_from(rec: &Recorder, mark: usize, extra: Option<(String, String)>) -> Option<Failure> {
+    let mut found: Vec<(String, String)> =
+        rec.violations_since(mark).into_iter().map(|v| (v.invariant.to_string(), v.text)).collect();
+    found.extend(extra);
+    let text = found.first()?.1.clone();
+    let mut ids: Vec<String> = Vec::new();
+    for (id, _) in found {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Some(Failure { invariant: ids.join(","), text, trace: rec.format_trace() })
+}
+
+/// After a panic of the watched execution: every violation it recorded, plus what the panic says.
+pub fn watched_failure(extra: Option<(String, String)>) -> Option<Failure> {
+    WATCHED.with(|w| {
+        let (rec, mark) = w.borrow_mut().take()?;
+        failure_from(&rec, mark, extra)
+    })
+}
+
+/// The verdict of one execution: the violations recorded after `mark`, then the structural
+/// checks; `Ok` when everything holds.
+pub fn verdict_after(kvm: &Kvm, mark: usize) -> Result<(), Failure> {
+    let structural = kvm.check_structure().into_iter().next().map(|(i, t)| (i.id.to_string(), t));
+    match failure_from(kvm.recorder(), mark, structural) {
+        None => Ok(()),
+        Some(f) => Err(f),
+    }
+}
+
+/// [`verdict_after`] counting every violation.
+pub fn verdict(kvm: &Kvm) -> Result<(), Failure> {
+    verdict_after(kvm, 0)
+}
+
+/// The first of `wrong` (an end-of-run check's findings) as a failure with the violations after
+/// `mark`.
+pub fn fail_with(kvm: &Kvm, mark: usize, wrong: Vec<(&crate::invariants::Invariant, String)>) -> Result<(), Failure> {
+    match wrong.into_iter().next() {
+        Some((inv, text)) => Err(failure_from(kvm.recorder(), mark, Some((inv.id.to_string(), text)))
+            .unwrap_or_else(|| Failure { invariant: inv.id.into(), text: String::new(), trace: String::new() })),
+        None => Ok(()),
+    }
+}
+
+/// A scenario's own assertion (an outcome no design may produce), as a failure with the trace.
+pub fn assertion(kvm: &Kvm, ok: bool, text: impl Into<String>) -> Result<(), Failure> {
+    if ok {
+        return Ok(());
+    }
+    Err(Failure { invariant: "assertion".into(), text: text.into(), trace: kvm.recorder().format_trace() })
+}
+
+/// Whether a search covered everything it set out to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completeness {
+    /// loom explored every interleaving up to the bound (or found a failure, which is complete
+    /// for what it claims).
+    Complete,
+    /// shuttle ran its schedules: a sample, never a proof.
+    Sampled,
+    /// One execution on real threads.
+    Smoke,
+    /// The search stopped early, for the reason given: no verdict of `holds` can be drawn.
+    Incomplete(String),
+}
+
+/// What exploring a row found.
+#[derive(Clone, Debug)]
+pub struct Explored {
+    /// The first failing execution, if any.
+    pub failure: Option<Failure>,
+    /// Executions run.
+    pub executions: usize,
+    /// Whether the search was complete.
+    pub completeness: Completeness,
+}
+
+impl Explored {
+    /// The verdict: the failure's invariants, `holds`, or `incomplete` for a cut-short search
+    /// that found nothing.
+    pub fn verdict(&self) -> String {
+        match (&self.failure, &self.completeness) {
+            (Some(f), _) => f.invariant.clone(),
+            (None, Completeness::Incomplete(_)) => "incomplete".into(),
+            (None, _) => "holds".into(),
+        }
+    }
+}
+
+/// Limits of a search, from the command line and loom's environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// Preemption bound (`None`: exhaustive).
+    pub bound: Option<usize>,
+    /// Stop after this long (`LOOM_MAX_DURATION`, seconds): the search is then incomplete.
+    pub max_duration: Option<Duration>,
+    /// Stop after this many executions (`LOOM_MAX_PERMUTATIONS`): the search is then incomplete.
+    pub max_executions: Option<usize>,
+    /// loom's branch limit per execution (`LOOM_MAX_BRANCHES`, default 100,000).
+    pub max_branches: Option<usize>,
+    /// shuttle: schedules per scheduler.
+    pub iterations: usize,
+}
+
+impl Limits {
+    /// The limits loom's environment variables ask for (`LOOM_MAX_PREEMPTIONS`,
+    /// `LOOM_MAX_DURATION`, `LOOM_MAX_PERMUTATIONS`, `LOOM_MAX_BRANCHES`), bound 2 by default.
+    pub fn from_env() -> Result<Limits, String> {
+        fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+            match std::env::var(name) {
+                Ok(v) if v == "none" && name == "LOOM_MAX_PREEMPTIONS" => Ok(None),
+                Ok(v) => v.parse().map(Some).map_err(|_| format!("{name}={v} is not a number")),
+                Err(_) => Ok(None),
+            }
+        }
+        let bound = match std::env::var("LOOM_MAX_PREEMPTIONS").as_deref() {
+            Ok("none") => None,
+            Ok(_) => var("LOOM_MAX_PREEMPTIONS")?,
+            Err(_) => Some(2),
+        };
+        Ok(Limits {
+            bound,
+            max_duration: var::<f64>("LOOM_MAX_DURATION")?.map(Duration::from_secs_f64),
+            max_executions: var("LOOM_MAX_PERMUTATIONS")?,
+            max_branches: var("LOOM_MAX_BRANCHES")?,
+            iterations: var("SHUTTLE_ITERATIONS")?.unwrap_or(1000),
+        })
+    }
+}
+
+/// One execution of `row` on real threads, outside any checker.
+pub fn run_once(row: &Row) -> Result<(), Failure> {
+    row.execute()
+}
+
+/// What loom and shuttle share: running a checker over a row, stopping at the first failing
+/// execution or at a limit, and turning what stopped it (a failed check, a deadlock, a panic, a
+/// limit) into a result.
+#[cfg(any(loom, feature = "shuttle"))]
+mod capture {
+    use super::{Failure, Limits, Row};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+    static FAILURE: Mutex<Option<Failure>> = Mutex::new(None);
+    static PANIC: Mutex<Option<String>> = Mutex::new(None);
+    static CUT: Mutex<Option<String>> = Mutex::new(None);
+    const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
+    const LIMIT: &str = "ioregionfd-model: search limit reached, stop exploring";
+
+    /// One execution of `row` as the checker runs it: counted, limits enforced before it starts
+    /// (so a stop means an execution was left unexplored), and a failure stops the checker.
+    pub fn body(row: &Row, limits: &Limits, start: Instant) -> impl Fn() + Send + Sync + 'static {
+        let row = row.clone();
+        let (max_executions, max_duration) = (limits.max_executions, limits.max_duration);
+        move || {
+            let n = EXECUTIONS.fetch_add(1, Ordering::SeqCst);
+            let cut = match (max_executions, max_duration) {
+                (Some(m), _) if n >= m => Some(format!("stopped after {m} executions (LOOM_MAX_PERMUTATIONS)")),
+                (_, Some(d)) if start.elapsed() >= d => {
+                    Some(format!("stopped after {:.1} s (LOOM_MAX_DURATION)", d.as_secs_f64()))
+                }
+                _ => None,
+            };
+            if let Some(why) = cut {
+                EXECUTIONS.fetch_sub(1, Ordering::SeqCst);
+                CUT.lock().unwrap().get_or_insert(why);
+                std::panic::panic_any(LIMIT);
+            }
+            let _ = super::watched_failure(None);
+            if let Err(f) = row.execute() {
+                FAILURE.lock().unwrap().get_or_insert(f);
+                std::panic::panic_any(STOP);
+            }
+        }
+    }
+
+    /// Runs `check` (which runs the checker over [`body`]) and reports the first failure, the
+    /// number of executions, and whether the search was cut short.
+    pub fn run_checked(check: impl FnOnce()) -> (Option<Failure>, usize, Option<String>) {
+        EXECUTIONS.store(0, Ordering::SeqCst);
+        *FAILURE.lock().unwrap() = None;
+        *PANIC.lock().unwrap() = None;
+        *CUT.lock().unwrap() = None;
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            // A thread loom drops after a deadlock unwinds through its coroutine with an empty
+            // panic from the `generator` crate; that says nothing, and may come before loom's
+            // own "deadlock" panic, so it is not recorded.
+            let unwinding_coroutine = msg.is_empty() && info.location().is_some_and(|l| l.file().contains("generator"));
+            if msg != STOP && msg != LIMIT && !unwinding_coroutine {
+                let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                PANIC.lock().unwrap().get_or_insert(format!("{msg}{at}"));
+            }
+        }));
+        let result = catch_unwind(AssertUnwindSafe(check));
+        std::panic::set_hook(previous_hook);
+        let executions = EXECUTIONS.load(Ordering::SeqCst);
+        let mut cut = CUT.lock().unwrap().take();
+        let failure = match result {
+            Ok(()) => None,
+            Err(_) if cut.is_some() => None,
+            Err(_) => FAILURE.lock().unwrap().take().or_else(|| {
+                let msg = PANIC.lock().unwrap().take().unwrap_or_else(|| "unknown panic".into());
+                if msg.contains("maximum number of branches") {
+                    cut = Some(format!("an execution exceeded loom's branch limit (LOOM_MAX_BRANCHES): {msg}"));
+                    return None;
+                }
+                let invariant = if msg.contains("deadlock") { "liveness" } else { "panic" };
+                super::watched_failure(Some((invariant.to_string(), msg.clone())))
+                    .or_else(|| Some(Failure { invariant: invariant.into(), text: msg, trace: String::new() }))
+            }),
+        };
+        (failure, executions, cut)
+    }
+}
+
+/// Explores every interleaving of `row` up to the preemption bound (loom), stopping at the first
+/// failing execution or at a limit.
+#[cfg(loom)]
+pub fn explore(row: &Row, limits: &Limits) -> Explored {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = limits.bound;
+    builder.max_branches = limits.max_branches.unwrap_or(100_000);
+    // The limits are enforced by the body, which knows when a search was cut short; loom's own
+    // stop would look like a complete search.
+    builder.max_duration = None;
+    builder.max_permutations = None;
+    let start = std::time::Instant::now();
+    let (failure, executions, cut) = capture::run_checked(|| builder.check(capture::body(row, limits, start)));
+    let completeness = match cut {
+        Some(why) => Completeness::Incomplete(why),
+        None => Completeness::Complete,
+    };
+    Explored { failure, executions, completeness }
+}
+
+/// The shuttle explorer: PCT schedules (depth = the preemption bound + 1), then random ones, each
+/// from a fixed seed, `limits.iterations` of each. A failing schedule is printed by shuttle as a
+/// string `shuttle::replay` accepts.
+#[cfg(all(feature = "shuttle", not(loom)))]
+pub fn explore(row: &Row, limits: &Limits) -> Explored {
+    use shuttle::scheduler::{PctScheduler, RandomScheduler};
+    use shuttle::{Config, Runner};
+    const SEED: u64 = 0x10_5e61_0f0d;
+    let depth = limits.bound.unwrap_or(2) + 1;
+    let config = || {
+        let mut c = Config::default();
+        // Shuttle treats every atomic as SeqCst; weak-memory effects are loom's job.
+        c.silence_warnings = true;
+        c
+    };
+    let start = std::time::Instant::now();
+    let (failure, executions, cut) = capture::run_checked(|| {
+        Runner::new(PctScheduler::new_from_seed(SEED, depth, limits.iterations), config())
+            .run(capture::body(row, limits, start));
+        Runner::new(RandomScheduler::new_from_seed(SEED, limits.iterations), config())
+            .run(capture::body(row, limits, start));
+    });
+    let completeness = match cut {
+        Some(why) => Completeness::Incomplete(why),
+        None => Completeness::Sampled,
+    };
+    Explored { failure, executions, completeness }
+}
+
+/// Without a checker: one execution on real threads, reported as `liveness` when it does not
+/// finish within 20 s (its threads are left behind; the process ends with the run).
+#[cfg(not(any(loom, feature = "shuttle")))]
+pub fn explore(row: &Row, _limits: &Limits) -> Explored {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let row = row.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(row.execute().err());
+    });
+    let failure = match rx.recv_timeout(LIMIT) {
+        Ok(failure) => failure,
+        Err(_) => {
+            let text = format!("the scenario did not finish within {} s on real threads (stuck)", LIMIT.as_secs());
+            Some(Failure { invariant: "liveness".into(), text, trace: String::new() })
+        }
+    };
+    Explored { failure, executions: 1, completeness: Completeness::Smoke }
+}
