@@ -164,8 +164,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let chosen: Vec<Row> =
-        all.into_iter().filter(|r| o.filters.is_empty() || o.filters.iter().any(|f| r.selected_by(f))).collect();
+    // A filter that is some row's design or label selects by design or label, any other by a
+    // part of the name; the two kinds combine (`two-vms rfc-v3`: that scenario under rfc-v3).
+    let (labels, names): (Vec<&String>, Vec<&String>) =
+        o.filters.iter().partition(|f| all.iter().any(|r| r.label == **f || r.design.name() == f.as_str()));
+    let chosen: Vec<Row> = all
+        .into_iter()
+        .filter(|r| names.is_empty() || names.iter().any(|f| r.name.contains(f.as_str())))
+        .filter(|r| labels.is_empty() || labels.iter().any(|f| r.selected_by(f)))
+        .collect();
     if chosen.is_empty() {
         eprintln!(
             "models: no row matches {:?} (a filter is part of a scenario name, or a design or label: `cargo model -- --list` lists the rows); the report is left as it was",

@@ -100,6 +100,15 @@ impl Kvm {
         Ok(())
     }
 
+    /// Changes the knobs; only before the first VM exists (`EINVAL` after).
+    pub fn set_knobs(&mut self, knobs: Knobs) -> Result<(), Errno> {
+        if !self.vms.lock().is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        self.knobs = knobs;
+        Ok(())
+    }
+
     /// The system's recorder (trace and violations).
     pub fn recorder(&self) -> &Recorder {
         &self.rec

@@ -1,15 +1,16 @@
 //! The `ioregionfd-model` command line: a thin layer over the library.
 //!
 //! ```text
-//! ioregionfd-model script [--design seed|rfc-v3|proposed] [FILE|-]
+//! ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
 //! ioregionfd-model invariants
+//! ioregionfd-model knobs
 //! ioregionfd-model conform [--format seed|v3|all] [--transport stream|seqpacket|pipe|fifo|all] -- COMMAND ARGS...
 //! ioregionfd-model bench [--quick] [--only transports|kvm|bus] [--markdown] [--svg FILE]
 //! ```
 
-use ioregionfd_model::design::Design;
+use ioregionfd_model::design::{Design, KNOBS, parse_override};
 use ioregionfd_model::invariants::CATALOGUE;
-use ioregionfd_model::script::run_script;
+use ioregionfd_model::script::{Runner, run_script_with};
 use std::io::{BufReader, Write};
 use std::process::ExitCode;
 
@@ -25,12 +26,21 @@ macro_rules! say {
 #[path = "../benches/support/mod.rs"]
 mod support;
 
+const SCRIPT_USAGE: &str =
+    "usage: ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
+  run one operation per line (from FILE, or standard input) and print one result line each;
+  exit 1 if an invariant was violated, 2 on a line that does not parse or a bad option
+    --design D          the preset (default proposed; a `design` line in the script also sets it)
+    --knob NAME=VALUE   override one knob of the preset (repeatable; `ioregionfd-model knobs` lists them)";
+
 const USAGE: &str = "usage:
-  ioregionfd-model script [--design seed|rfc-v3|proposed] [FILE|-]
+  ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
       run one operation per line (from FILE, or standard input) and print one result line each;
       exit 1 if an invariant was violated, 2 on a line that does not parse
   ioregionfd-model invariants
       print the invariant catalogue (id and statement)
+  ioregionfd-model knobs
+      print every knob: what it decides, its values, and its value in each preset
   ioregionfd-model conform [OPTIONS] -- COMMAND [ARGS...]
       start COMMAND as an ioregionfd device with its fds in IOREGIONFD_CMD_FD and IOREGIONFD_RESP_FD
       (format in IOREGIONFD_FORMAT, transport in IOREGIONFD_TRANSPORT), play the kernel side and run
@@ -53,6 +63,7 @@ const USAGE: &str = "usage:
 fn script(args: &[String]) -> Result<ExitCode, String> {
     let mut design = Design::default();
     let mut file: Option<&str> = None;
+    let mut overrides = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -61,6 +72,12 @@ fn script(args: &[String]) -> Result<ExitCode, String> {
                 design = Design::from_name(name)
                     .ok_or_else(|| format!("unknown design `{name}`: seed, rfc-v3 or proposed"))?;
             }
+            "--knob" => overrides.push(parse_override(it.next().ok_or("--knob needs NAME=VALUE")?)?),
+            k if k.starts_with("--knob=") => overrides.push(parse_override(&k["--knob=".len()..])?),
+            "-h" | "--help" => {
+                say!("{SCRIPT_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
             f if file.is_none() && (f == "-" || !f.starts_with('-')) => file = Some(f),
             other => return Err(format!("unexpected argument `{other}`")),
         }
@@ -68,11 +85,12 @@ fn script(args: &[String]) -> Result<ExitCode, String> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
+    let runner = Runner::with_overrides(design, &overrides)?;
     let code = match file {
-        None | Some("-") => run_script(std::io::stdin().lock(), &mut out, &mut err, design),
+        None | Some("-") => run_script_with(std::io::stdin().lock(), &mut out, &mut err, runner),
         Some(path) => {
             let f = std::fs::File::open(path).map_err(|e| format!("cannot open {path}: {e}"))?;
-            run_script(BufReader::new(f), &mut out, &mut err, design)
+            run_script_with(BufReader::new(f), &mut out, &mut err, runner)
         }
     };
     Ok(ExitCode::from(code as u8))
@@ -454,6 +472,16 @@ fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             for inv in CATALOGUE {
                 let _ = writeln!(out, "{:<10} {}", inv.id, inv.statement);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("knobs") => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{:<28} {:<24} {:<24} {:<24} values", "knob", "seed", "rfc-v3", "proposed");
+            for k in KNOBS {
+                let [seed, v3, proposed] = Design::ALL.map(|d| (k.get)(&d.knobs()));
+                let _ = writeln!(out, "{:<28} {seed:<24} {v3:<24} {proposed:<24} {}", k.name, (k.values)().join(", "));
+                let _ = writeln!(out, "    {}", k.doc);
             }
             Ok(ExitCode::SUCCESS)
         }

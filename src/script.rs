@@ -676,6 +676,8 @@ pub struct Runner {
     kvm: Kvm,
     seen: usize,
     standing: std::collections::BTreeSet<String>,
+    /// Knob overrides, applied again after a `design` line.
+    overrides: Vec<(String, String)>,
 }
 
 fn ok_or_errno(r: Result<(), Errno>) -> String {
@@ -688,7 +690,12 @@ fn ok_or_errno(r: Result<(), Errno>) -> String {
 impl Runner {
     /// A fresh system under `design`.
     pub fn new(design: Design) -> Self {
-        Runner { kvm: Kvm::with_design(design, crate::trace::Recorder::new()), seen: 0, standing: Default::default() }
+        Runner {
+            kvm: Kvm::with_design(design, crate::trace::Recorder::new()),
+            seen: 0,
+            standing: Default::default(),
+            overrides: Vec::new(),
+        }
     }
 
     /// A fresh system that records violations but no trace events (long runs, fuzzing).
@@ -697,7 +704,20 @@ impl Runner {
             kvm: Kvm::with_design(design, crate::trace::Recorder::without_events()),
             seen: 0,
             standing: Default::default(),
+            overrides: Vec::new(),
         }
+    }
+
+    /// A fresh system under `design` with knob `overrides` (`NAME=VALUE`, kept across a
+    /// `design` line).
+    pub fn with_overrides(design: Design, overrides: &[(String, String)]) -> Result<Self, String> {
+        let knobs = design.knobs().with_overrides(overrides)?;
+        Ok(Runner {
+            kvm: Kvm::with_knobs(knobs, crate::trace::Recorder::new()),
+            seen: 0,
+            standing: Default::default(),
+            overrides: overrides.to_vec(),
+        })
     }
 
     /// The design.
@@ -739,7 +759,8 @@ impl Runner {
 
     fn result(&mut self, op: &Op) -> String {
         if let Op::Design(d) = op {
-            return ok_or_errno(self.kvm.set_design(*d));
+            let knobs = d.knobs().with_overrides(&self.overrides).expect("overrides checked when given");
+            return ok_or_errno(self.kvm.set_knobs(knobs));
         }
         apply(&self.kvm, op)
     }
@@ -813,7 +834,11 @@ fn access(r: Result<Result<crate::vm::AccessOutcome, crate::vm::AccessError>, Er
 /// Runs a whole script: results on `out`, parse errors on `err`. Returns the exit code: 2 for a
 /// line that does not parse (nothing after it runs), 1 if any violation was printed, else 0.
 pub fn run_script(input: impl BufRead, out: &mut impl Write, err: &mut impl Write, design: Design) -> i32 {
-    let mut runner = Runner::new(design);
+    run_script_with(input, out, err, Runner::new(design))
+}
+
+/// [`run_script`] on a given runner (a design with knob overrides: [`Runner::with_overrides`]).
+pub fn run_script_with(input: impl BufRead, out: &mut impl Write, err: &mut impl Write, mut runner: Runner) -> i32 {
     let mut violated = false;
     for (n, line) in input.lines().enumerate() {
         let line = match line {

@@ -8,6 +8,7 @@
 //! regression file through the same code.
 
 pub mod registration;
+pub mod scenario;
 pub mod script;
 pub mod uapi;
 pub mod wire;
@@ -36,11 +37,12 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     Target { name: "registration", run: registration::run, seeds: registration::seeds },
     Target { name: "uapi", run: uapi::run, seeds: uapi::seeds },
     Target { name: "wire", run: wire::run, seeds: wire::seeds },
     Target { name: "script", run: script::run, seeds: script::seeds },
+    Target { name: "scenario", run: scenario::run, seeds: scenario::seeds },
 ];
 
 /// The design an input runs under: `IOREGIONFD_FUZZ_DESIGN` (`seed`, `rfc-v3` or `proposed`)
