@@ -28,6 +28,8 @@ const USAGE: &str = "usage: cargo model [-- [--bound N|none] [--knob NAME=VALUE]
   --bound    the preemption bound (default 2, or LOOM_MAX_PREEMPTIONS; `none` is exhaustive)
   --knob     override a knob in every row (`cargo run -- knobs` lists them); labels show it
   --list     list the rows that would run, and exit
+  --generated      the generated scenarios (proposed, expected to hold) instead of the catalogue
+  --sample N       with --generated: N of them, evenly spaced (a fixed sample)
   --iterations N   shuttle: schedules per scheduler (default 1000, or SHUTTLE_ITERATIONS)
 limits: LOOM_MAX_DURATION (s), LOOM_MAX_PERMUTATIONS, LOOM_MAX_BRANCHES: a search they cut short is `incomplete`";
 
@@ -38,6 +40,8 @@ struct Options {
     knobs: Vec<(String, String)>,
     list: bool,
     require_loom: bool,
+    generated: bool,
+    sample: Option<usize>,
 }
 
 /// A path as the user wrote it: relative to the package root (cargo's working directory for
@@ -61,6 +65,8 @@ fn options() -> Result<Options, String> {
         knobs: Vec::new(),
         list: false,
         require_loom: false,
+        generated: false,
+        sample: None,
     };
     let parse_bound = |v: &str| match v {
         "none" => Ok(None),
@@ -80,6 +86,12 @@ fn options() -> Result<Options, String> {
             }
             "--require-loom" => o.require_loom = true,
             "--list" => o.list = true,
+            "--generated" => o.generated = true,
+            "--sample" => {
+                let v = value("a number")?;
+                o.sample =
+                    Some(v.parse().ok().filter(|n| *n > 0).ok_or(format!("--sample {v} is not a positive number"))?);
+            }
             "--bound" => o.limits.bound = parse_bound(&value("a number or `none`")?)?,
             "--iterations" => {
                 let v = value("a number")?;
@@ -108,6 +120,23 @@ fn catalogue_files() -> Result<Vec<PathBuf>, String> {
 
 fn rows(o: &Options) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
+    if o.generated {
+        let all = ioregionfd_model::scenario::generate::all();
+        let step = o.sample.map_or(1, |n| all.len().div_ceil(n).max(1));
+        eprintln!(
+            "models: {} generated scenarios{}",
+            all.len(),
+            o.sample.map_or_else(String::new, |_| format!(", every {step}th of them")),
+        );
+        for g in all.iter().step_by(step) {
+            let s = Scenario::parse(&g.text, &g.name).map_err(|e| e.to_string())?;
+            rows.extend(s.rows_with(&o.knobs).map_err(|e| e.to_string())?);
+        }
+        return Ok(rows);
+    }
+    if o.sample.is_some() {
+        return Err("--sample goes with --generated".into());
+    }
     let files = if o.files.is_empty() {
         if o.knobs.is_empty() {
             rows.extend(bus::rows());

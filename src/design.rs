@@ -6,9 +6,9 @@
 //! counterexample that motivates it.
 //!
 //! ```
-//! use ioregionfd_model::design::{ContextRule, Design};
+//! use ioregionfd_model::design::{ContextScope, Design};
 //! assert_eq!(Design::from_name("rfc-v3"), Some(Design::RfcV3));
-//! assert_eq!(Design::RfcV3.knobs().context, ContextRule::FirstSameInoOnVmBus);
+//! assert_eq!(Design::RfcV3.knobs().context_scope, ContextScope::VmBusList);
 //! assert_eq!(Design::RfcV3.knobs().context_kref_init, 0);
 //! assert_eq!(Design::Proposed.name(), "proposed");
 //! ```
@@ -54,7 +54,12 @@ impl Design {
                 design: self,
                 transport: Transport::IoregionfdObject,
                 wire: WireFormat::Seed,
-                context: ContextRule::PerIoregionfd,
+                context_scope: ContextScope::PerIoregionfd,
+                context_key: ContextKey::Inode,
+                context_walk_derefs_null: false,
+                read_file_ref: ReadFileRef::OwnFile,
+                serialize_senders: false,
+                context_get_on_create: false,
                 context_kref_init: 1,
                 collision: CollisionRule::SplitOnly,
                 ioeventfd_checks_ioregions: false,
@@ -72,6 +77,7 @@ impl Design {
                 errors_beat_signals: false,
                 on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
                 interrupted_reply: InterruptedReply::OwnerKeepsContext,
+                context_get_unless_zero: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
                 reclaim: Reclaim::AfterReaders,
@@ -81,7 +87,12 @@ impl Design {
                 design: self,
                 transport: Transport::UserFds,
                 wire: WireFormat::V3,
-                context: ContextRule::FirstSameInoOnVmBus,
+                context_scope: ContextScope::VmBusList,
+                context_key: ContextKey::InodeNumber,
+                context_walk_derefs_null: true,
+                read_file_ref: ReadFileRef::CreatorsFile,
+                serialize_senders: false,
+                context_get_on_create: true,
                 context_kref_init: 0,
                 collision: CollisionRule::V3Overlap,
                 ioeventfd_checks_ioregions: true,
@@ -99,6 +110,7 @@ impl Design {
                 errors_beat_signals: false,
                 on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
                 interrupted_reply: InterruptedReply::OwnerKeepsContext,
+                context_get_unless_zero: false,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: false,
                 reclaim: Reclaim::AfterReaders,
@@ -108,7 +120,12 @@ impl Design {
                 design: self,
                 transport: Transport::UserFds,
                 wire: WireFormat::V3,
-                context: ContextRule::PerInode,
+                context_scope: ContextScope::HostTable,
+                context_key: ContextKey::Inode,
+                context_walk_derefs_null: false,
+                read_file_ref: ReadFileRef::OwnFile,
+                serialize_senders: true,
+                context_get_on_create: false,
                 context_kref_init: 1,
                 collision: CollisionRule::Exact,
                 ioeventfd_checks_ioregions: true,
@@ -126,6 +143,7 @@ impl Design {
                 errors_beat_signals: true,
                 on_vcpu_destroy: VcpuDestroy::ReleaseAndDrain,
                 interrupted_reply: InterruptedReply::NextOwnerCollects,
+                context_get_unless_zero: true,
                 nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
                 unregister_destroys: true,
                 reclaim: Reclaim::AfterReaders,
@@ -152,20 +170,41 @@ pub enum Transport {
     UserFds,
 }
 
-/// Where the serialization context of a response channel lives and how a region finds it.
+/// Where the serialization context of a response channel lives and how a region finds it
+/// ([`Knobs::context_scope`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ContextRule {
+pub enum ContextScope {
     /// seed: the ioregionfd object is the context: one command/response in flight per ioregionfd,
     /// across every VM using it.
     PerIoregionfd,
-    /// rfc-v3: walk this VM's regions on this bus; the first whose context's read file has the
-    /// same inode *number* (`i_ino` only, no superblock) shares its context; a region without a
-    /// context (size 0) on that list is dereferenced all the same; else a new zeroed context.
-    FirstSameInoOnVmBus,
-    /// proposed: one context per response channel, keyed by the read file's inode (superblock
-    /// and number: a FIFO opened twice is one channel), shared by every VM and bus, kept in one
-    /// table.
-    PerInode,
+    /// rfc-v3 (`ioregion_get_ctx`): walk this VM's regions on this bus; the first whose context
+    /// matches the read file ([`Knobs::context_key`]) shares it; else a new context. Two VMs, or
+    /// two buses, on one fd get two contexts.
+    VmBusList,
+    /// proposed: one host-wide table of contexts keyed by the read file, shared by every VM and
+    /// bus.
+    HostTable,
+}
+
+/// What identifies a response channel when contexts are looked up ([`Knobs::context_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContextKey {
+    /// rfc-v3: the inode number (`i_ino`) only, without the superblock: two filesystems can
+    /// reuse a number, so two channels can share a context.
+    InodeNumber,
+    /// The inode (superblock and number): a FIFO opened twice is one channel.
+    Inode,
+}
+
+/// Which read file a region holds a reference on, and puts at release ([`Knobs::read_file_ref`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadFileRef {
+    /// rfc-v3: the context keeps the read file of the region that created it (`ctx->rf`), and
+    /// every region's release puts that file; a region that shares an existing context stores
+    /// its own reference nowhere (never put).
+    CreatorsFile,
+    /// seed, proposed: each region keeps and puts its own read file (seed has none).
+    OwnFile,
 }
 
 /// Which registrations collide with existing ones.
@@ -292,7 +331,23 @@ pub struct Knobs {
     /// The wire format.
     pub wire: WireFormat,
     /// Where the serialization context lives and how it is found.
-    pub context: ContextRule,
+    pub context_scope: ContextScope,
+    /// What identifies a response channel in a context lookup.
+    pub context_key: ContextKey,
+    /// rfc-v3: the walk of this VM's regions reads the context of every region up to a match,
+    /// including the NULL context of a size-0 region (a NULL dereference: `lifetime`, and the
+    /// ioctl fails with `EFAULT` where the kernel would oops). Otherwise such regions are passed
+    /// over.
+    pub context_walk_derefs_null: bool,
+    /// Which read file a region holds and puts at release.
+    pub read_file_ref: ReadFileRef,
+    /// proposed: every writer of a command channel is serialized on the context of the write
+    /// file's inode (its send side, or the side [`Knobs::send_lock`] says). Otherwise writers
+    /// of one channel are not serialized with each other at all.
+    pub serialize_senders: bool,
+    /// rfc-v3: a new context gets a `kref_get` after it is made (with `context_kref_init` 0, a
+    /// get from 0). Otherwise the count it starts with is the creating region's reference.
+    pub context_get_on_create: bool,
     /// The reference count a new context starts with before the region's `kref_get` (rfc-v3 has
     /// no `kref_init`: 0, so the first get is a get from zero).
     pub context_kref_init: i64,
@@ -347,6 +402,12 @@ pub struct Knobs {
     /// What an access interrupted while it waits for its response does with the response side of
     /// its context (`parked-vcpu`): keep it until the vCPU runs KVM_RUN again, or hand it on.
     pub interrupted_reply: InterruptedReply,
+    /// Whether a lookup in the host-wide context table (proposed's per-inode contexts) takes its
+    /// reference with `kref_get_unless_zero`, so that a context in its last put is passed over
+    /// and a new one made. A plain `kref_get` can meet a context whose last reference a vCPU's
+    /// claim is dropping at that moment: a get from 0 (`lifetime`; found by the generated
+    /// scenarios, `reregister-races-last-put`).
+    pub context_get_unless_zero: bool,
     /// The NR_IOBUS_DEVS check (`None`: not enforced; rfc-v3 enforces it only without kmemcg,
     /// which is a setting of the host).
     pub nr_iobus_devs: Option<i32>,
@@ -379,10 +440,12 @@ macro_rules! knob_values {
 knob_values!(bool: "true" => true, "false" => false);
 knob_values!(Transport: "ioregionfd-object" => Transport::IoregionfdObject, "user-fds" => Transport::UserFds);
 knob_values!(WireFormat: "seed" => WireFormat::Seed, "v3" => WireFormat::V3);
-knob_values!(ContextRule:
-    "per-ioregionfd" => ContextRule::PerIoregionfd,
-    "first-same-ino-on-vm-bus" => ContextRule::FirstSameInoOnVmBus,
-    "per-inode" => ContextRule::PerInode);
+knob_values!(ContextScope:
+    "per-ioregionfd" => ContextScope::PerIoregionfd,
+    "vm-bus-list" => ContextScope::VmBusList,
+    "host-table" => ContextScope::HostTable);
+knob_values!(ContextKey: "inode-number" => ContextKey::InodeNumber, "inode" => ContextKey::Inode);
+knob_values!(ReadFileRef: "creators-file" => ReadFileRef::CreatorsFile, "own-file" => ReadFileRef::OwnFile);
 knob_values!(CollisionRule:
     "split-only" => CollisionRule::SplitOnly, "v3-overlap" => CollisionRule::V3Overlap, "exact" => CollisionRule::Exact);
 knob_values!(SizeZero:
@@ -458,10 +521,23 @@ pub const KNOBS: &[KnobDef] = &[
     enum_knob!(transport, Transport, "how userspace gives KVM a region's fds"),
     enum_knob!(wire, WireFormat, "the wire format of commands and responses"),
     enum_knob!(
-        context,
-        ContextRule,
+        context_scope,
+        ContextScope,
         "where a response channel's serialization context lives and how a region finds it"
     ),
+    enum_knob!(context_key, ContextKey, "what identifies a response channel in a context lookup"),
+    enum_knob!(
+        context_walk_derefs_null,
+        bool,
+        "whether the walk of the VM's regions dereferences a size-0 region's NULL context"
+    ),
+    enum_knob!(read_file_ref, ReadFileRef, "which read file a region holds and puts at release"),
+    enum_knob!(
+        serialize_senders,
+        bool,
+        "whether the writers of one command channel are serialized (send side of its context)"
+    ),
+    enum_knob!(context_get_on_create, bool, "whether a new context gets a kref_get after it is made"),
     KnobDef {
         name: "context_kref_init",
         doc: "the reference count a new context starts with (rfc-v3 has no kref_init: 0)",
@@ -492,6 +568,7 @@ pub const KNOBS: &[KnobDef] = &[
         InterruptedReply,
         "who reads the response of an access interrupted while it waits for it"
     ),
+    enum_knob!(context_get_unless_zero, bool, "whether the context-table lookup uses kref_get_unless_zero"),
     KnobDef {
         name: "nr_iobus_devs",
         doc: "the NR_IOBUS_DEVS limit of a bus (none: not enforced)",

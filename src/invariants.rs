@@ -233,6 +233,23 @@ impl Kref {
         }
     }
 
+    /// `kref_get_unless_zero`: takes a reference unless the count is 0 (the object is being
+    /// released); returns whether it did. What a lookup table whose entries may be in their last
+    /// put uses.
+    #[track_caller]
+    pub fn get_unless_zero(&self) -> bool {
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            if now == 0 {
+                return false;
+            }
+            match self.0.compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
     /// Drops a reference; returns true when the count reached 0 (the caller releases the object).
     /// Below 0 is a `lifetime` violation (`refcount_t: underflow; use-after-free`) and the count
     /// saturates; a saturated count stays saturated.

@@ -23,7 +23,7 @@
 //! then send side, and nothing is waited for while a send side is held.
 
 use crate::bus::{BusKind, DispatchCtx, ExtLists, HandledBy, KvmIo, KvmIoDevice, SlotsGuard, destroy_device};
-use crate::design::{CollisionRule, ContextRule, Knobs};
+use crate::design::{CollisionRule, ContextKey, ContextScope, Knobs, ReadFileRef};
 use crate::errno::Errno;
 use crate::fd::channel::{Tag, Transfer, Wait};
 use crate::fd::{File, FileKind, Inode, IoregionfdObject};
@@ -235,6 +235,14 @@ impl Context {
     /// Where responses are read (rfc-v3: the read file of the region that created the context).
     pub fn response_end(&self) -> Option<&KernelEnd> {
         self.resp.as_ref()
+    }
+
+    /// The inode of the channel the context serializes (its read file's, or its key).
+    pub fn channel(&self) -> Option<Inode> {
+        match &self.resp {
+            Some(KernelEnd::File(f)) => Some(f.inode()),
+            _ => self.key,
+        }
     }
 
     /// References held now.
@@ -550,30 +558,27 @@ impl Ioregion {
 
     /// `ioregion_release` (the destructor): drops the region's references, per design.
     ///
-    /// rfc-v3: if it has a context, `fput(ctx->rf)` (the file of the region that *created* the
-    /// context, whichever region this is) and `kref_put(ctx)`; then `fput(wf)`. seed: puts its
-    /// reference on the ioregionfd's context. proposed: puts its own read file, its context and
-    /// its write file.
+    /// rfc-v3 ([`ReadFileRef::CreatorsFile`]): if it has a context, `fput(ctx->rf)` (the file of
+    /// the region that *created* the context, whichever region this is) and `kref_put(ctx)`;
+    /// then `fput(wf)`. seed: puts its reference on the ioregionfd's context. proposed: puts its
+    /// own read file, its contexts and its write file.
     pub fn release(&self, rec: &Recorder) {
         let p = self.params();
         rec.event(Some(self.vm), format_args!("release {self:?}"));
-        match self.knobs.context {
-            ContextRule::FirstSameInoOnVmBus => {
-                if let Some(ctx) = &p.ctx {
-                    if let Some(KernelEnd::File(rf)) = ctx.response_end() {
-                        rf.put(rec);
-                    }
-                    ctx.put(rec);
+        match self.knobs.read_file_ref {
+            ReadFileRef::CreatorsFile => {
+                if let Some(KernelEnd::File(rf)) = p.ctx.as_ref().and_then(|c| c.response_end()) {
+                    rf.put(rec);
                 }
             }
-            ContextRule::PerIoregionfd | ContextRule::PerInode => {
+            ReadFileRef::OwnFile => {
                 if let Some(rf) = &p.rfile {
                     rf.put(rec);
                 }
-                for ctx in p.ctx.iter().chain(p.send_ctx.iter()) {
-                    ctx.put(rec);
-                }
             }
+        }
+        for ctx in p.ctx.iter().chain(p.send_ctx.iter()) {
+            ctx.put(rec);
         }
         if let KernelEnd::File(wf) = &p.cmd {
             wf.put(rec);
@@ -822,11 +827,18 @@ impl KvmIo<RegionLists> {
         bus: BusKind,
         rfile: &Arc<File>,
     ) -> Result<(Arc<Context>, bool), Errno> {
-        match knobs.context {
-            ContextRule::FirstSameInoOnVmBus => {
+        let same_channel = |inode: Inode| match knobs.context_key {
+            ContextKey::InodeNumber => inode.ino == rfile.inode().ino,
+            ContextKey::Inode => inode == rfile.inode(),
+        };
+        match knobs.context_scope {
+            ContextScope::VmBusList => {
                 for r in slots.ext.on(bus) {
                     let p = r.params();
                     let Some(ctx) = &p.ctx else {
+                        if !knobs.context_walk_derefs_null {
+                            continue;
+                        }
                         self.rec.violation(
                             &LIFETIME,
                             format_args!(
@@ -835,38 +847,68 @@ impl KvmIo<RegionLists> {
                         );
                         return Err(Errno::EFAULT);
                     };
-                    let same =
-                        matches!(ctx.response_end(), Some(KernelEnd::File(f)) if f.inode().ino == rfile.inode().ino);
-                    if same {
-                        ctx.get(&self.rec);
+                    if ctx.channel().is_some_and(same_channel) && self.context_get(knobs, ctx) {
                         return Ok((ctx.clone(), true));
                     }
                 }
+                // rfc-v3 keeps the creating region's read file in the context (`ctx->rf`);
+                // otherwise the context only knows the channel's inode.
+                let (resp, key) = match knobs.read_file_ref {
+                    ReadFileRef::CreatorsFile => (Some(KernelEnd::File(rfile.clone())), None),
+                    ReadFileRef::OwnFile => (None, Some(rfile.inode())),
+                };
+                let ctx = host.contexts.add(Context::new(host.contexts.next_id(), resp, key, knobs.context_kref_init));
+                self.created(knobs, &ctx, rfile);
+                Ok((ctx, false))
+            }
+            ContextScope::HostTable => {
+                let mut table = host.contexts.by_inode.lock();
+                let key = match knobs.context_key {
+                    ContextKey::Inode => rfile.inode(),
+                    // The number alone: every filesystem's inode N is one key.
+                    ContextKey::InodeNumber => Inode { sb: crate::fd::Superblock::Anon, ino: rfile.inode().ino },
+                };
+                if let Some(ctx) = table.get(&key).and_then(Weak::upgrade).filter(|c| c.is_live()) {
+                    if self.context_get(knobs, &ctx) {
+                        return Ok((ctx, true));
+                    }
+                    self.rec.event(Some(self.vm), format_args!("{ctx} is in its last put: passed over"));
+                }
+                let resp = match knobs.read_file_ref {
+                    ReadFileRef::CreatorsFile => Some(KernelEnd::File(rfile.clone())),
+                    ReadFileRef::OwnFile => None,
+                };
                 let ctx = host.contexts.add(Context::new(
                     host.contexts.next_id(),
-                    Some(KernelEnd::File(rfile.clone())),
-                    None,
+                    resp,
+                    Some(rfile.inode()),
                     knobs.context_kref_init,
                 ));
-                ctx.get(&self.rec);
-                self.rec.event(Some(self.vm), format_args!("new {ctx} for {rfile}"));
-                Ok((ctx, false))
-            }
-            ContextRule::PerInode => {
-                let mut table = host.contexts.by_inode.lock();
-                let key = rfile.inode();
-                if let Some(ctx) = table.get(&key).and_then(Weak::upgrade).filter(|c| c.is_live()) {
-                    ctx.get(&self.rec);
-                    return Ok((ctx, true));
-                }
-                let ctx =
-                    host.contexts.add(Context::new(host.contexts.next_id(), None, Some(key), knobs.context_kref_init));
                 table.insert(key, Arc::downgrade(&ctx));
-                self.rec.event(Some(self.vm), format_args!("new {ctx} for {rfile}"));
+                self.created(knobs, &ctx, rfile);
                 Ok((ctx, false))
             }
-            ContextRule::PerIoregionfd => Err(Errno::EINVAL),
+            ContextScope::PerIoregionfd => Err(Errno::EINVAL),
         }
+    }
+
+    /// A region's reference on a context a lookup found: `kref_get`, or (proposed)
+    /// `kref_get_unless_zero`, false when the context is in its last put (the last put takes
+    /// neither the table's lock nor `slots_lock`, so a context found may be in it).
+    fn context_get(&self, knobs: &Knobs, ctx: &Context) -> bool {
+        if knobs.context_get_unless_zero {
+            return ctx.kref.get_unless_zero();
+        }
+        ctx.get(&self.rec);
+        true
+    }
+
+    /// A context was made for `rfile`: rfc-v3 takes a reference on it after making it.
+    fn created(&self, knobs: &Knobs, ctx: &Context, rfile: &File) {
+        if knobs.context_get_on_create {
+            ctx.get(&self.rec);
+        }
+        self.rec.event(Some(self.vm), format_args!("new {ctx} for {rfile}"));
     }
 
     /// `KVM_SET_IOREGION` with the rfc-v3 structure (designs rfc-v3 and proposed).
@@ -950,23 +992,20 @@ impl KvmIo<RegionLists> {
             if self.collides(&slots, knobs, bus, args.guest_paddr, args.memory_size) {
                 return Err(Errno::EEXIST);
             }
-            if knobs.context == ContextRule::PerInode {
+            if knobs.serialize_senders {
                 // proposed: every writer of a command channel (a doorbell too) takes the send
                 // side of its inode's context around each send.
                 let (c, _) = self.find_context(&slots, host, knobs, bus, &wfile)?;
                 send_ctx = Some(c);
             }
             if let Some(rf) = &rfile {
-                let (c, shared) = self.find_context(&slots, host, knobs, bus, rf)?;
+                let (c, _shared) = self.find_context(&slots, host, knobs, bus, rf)?;
                 ctx = Some(c);
-                keep_rfile = match knobs.context {
+                keep_rfile = match knobs.read_file_ref {
                     // rfc-v3: a new context keeps the region's reference; a shared one does not
                     // store it anywhere (a reference that is never put).
-                    ContextRule::FirstSameInoOnVmBus => {
-                        let _ = shared;
-                        None
-                    }
-                    _ => Some(rf.clone()),
+                    ReadFileRef::CreatorsFile => None,
+                    ReadFileRef::OwnFile => Some(rf.clone()),
                 };
             }
             let params = RegionParams {

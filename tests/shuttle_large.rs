@@ -1,7 +1,9 @@
 //! Large configurations under shuttle: proptest generates a system (1-3 VMs, 1-3 channels with a
 //! device task each, regions of several VMs on shared channels, up to 6 vCPUs each running a
-//! program of up to 6 accesses, and a VMM thread injecting faults: signals, a device that dies, a region
-//! removed), shuttle explores its schedules (PCT, then random, from fixed seeds), and the same
+//! program of up to 6 accesses, and a VMM thread injecting faults: signals, a vCPU thread that
+//! stops calling KVM_RUN after an interrupted access (park), a device that dies, a region removed or
+//! removed and registered again, the VMM closing the kernel's fd of a channel, a VM destroyed once
+//! its vCPU threads are done), shuttle explores its schedules (PCT, then random, from fixed seeds), and the same
 //! catalogue judges every execution. A failing configuration is shrunk by proptest; the failing
 //! schedule of the minimal one is printed with the configuration, and `replay` runs it again.
 //!
@@ -19,7 +21,7 @@ use ioregionfd_model::device::receive_model_command;
 use ioregionfd_model::fd::File;
 use ioregionfd_model::fd::channel::{ChannelKind, Transfer, Wait};
 use ioregionfd_model::kvm::Kvm;
-use ioregionfd_model::sync::{Arc, Mutex, spawn_named};
+use ioregionfd_model::sync::{Arc, Condvar, Mutex, spawn_named};
 use ioregionfd_model::trace::Recorder;
 use ioregionfd_model::uapi::{KVM_IOREGION_PIO, KVM_IOREGION_POSTED_WRITES, KvmIoregionSeed, KvmIoregionV3};
 use ioregionfd_model::vcpu::Vcpu;
@@ -70,6 +72,16 @@ enum Fault {
     DeviceDies(usize),
     /// Region `n` is removed (DEASSIGN, seed's fd = -1).
     Deassign(usize),
+    /// Region `n` is removed and registered again, on the same channel.
+    Reregister(usize),
+    /// The VMM closes its fd of channel `n`'s kernel end (KVM keeps its own references).
+    CloseKernel(usize),
+    /// VM `n` is destroyed once its vCPU threads are out of KVM_RUN for good (its buses, then its
+    /// vCPUs).
+    DestroyVm(usize),
+    /// A signal to vCPU `n`, whose thread stops calling KVM_RUN for good if that interrupts it
+    /// (parks, while its VM lives).
+    Park(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +114,10 @@ fn system(design: Design) -> impl Strategy<Value = System> {
                     (0usize..6).prop_map(Fault::Signal),
                     (0..channels.len()).prop_map(Fault::DeviceDies),
                     (0..n).prop_map(Fault::Deassign),
+                    (0..n).prop_map(Fault::Reregister),
+                    (0..channels.len()).prop_map(Fault::CloseKernel),
+                    (0..vms).prop_map(Fault::DestroyVm),
+                    (0usize..6).prop_map(Fault::Park),
                 ];
                 (
                     Just(channels.clone()),
@@ -111,8 +127,10 @@ fn system(design: Design) -> impl Strategy<Value = System> {
                 )
             })
             .prop_map(move |(channels, regions, vcpus, faults)| {
-                let faults =
-                    faults.into_iter().filter(|f| !matches!(f, Fault::Signal(n) if *n >= vcpus.len())).collect();
+                let faults = faults
+                    .into_iter()
+                    .filter(|f| !matches!(f, Fault::Signal(n) | Fault::Park(n) if *n >= vcpus.len()))
+                    .collect();
                 System { design, vms, channels, regions, vcpus, faults }
             })
     })
@@ -178,31 +196,7 @@ fn execute(sys: &System) {
     // Regions that collide with one already registered are refused (EEXIST/EINVAL): skipped.
     let mut live = vec![false; sys.regions.len()];
     for (i, r) in sys.regions.iter().enumerate() {
-        let flags = if r.pio { KVM_IOREGION_PIO } else { 0 } | if r.posted { KVM_IOREGION_POSTED_WRITES } else { 0 };
-        let fd = ends[r.channel].0;
-        let result = if design == Design::Seed {
-            let args = KvmIoregionSeed {
-                guest_paddr: r.base(),
-                memory_size: 0x10,
-                user_data: i as u64 + 1,
-                fd,
-                flags,
-                pad: [0; 32],
-            };
-            kvm.set_ioregion_seed(vms[r.vm], &args)
-        } else {
-            let args = KvmIoregionV3 {
-                guest_paddr: r.base(),
-                memory_size: 0x10,
-                user_data: i as u64 + 1,
-                read_fd: fd,
-                write_fd: fd,
-                flags,
-                pad: [0; 28],
-            };
-            kvm.set_ioregion_v3(vms[r.vm], &args)
-        };
-        live[i] = result.is_ok();
+        live[i] = register(&kvm, vms[r.vm], r, i, ends[r.channel].0).is_ok();
     }
     let devices: Vec<Arc<File>> = ends.iter().map(|&(_, d)| kvm.fget(d).expect("device fd")).collect();
     // The VMM hands the device ends over and closes its copies (seed: the ioregionfd is both).
@@ -229,37 +223,54 @@ fn execute(sys: &System) {
             })
         })
         .collect();
+    // The vCPU threads out of KVM_RUN for good (done or parked), for a VM destruction to wait on.
+    let out_of_run = Arc::new((Mutex::new(vec![false; vcpus.len()]), Condvar::new()));
     let vcpu_threads: Vec<_> = sys
         .vcpus
         .iter()
         .zip(&vcpus)
-        .map(|((vm, program), vcpu)| {
+        .enumerate()
+        .map(|(n, ((vm, program), vcpu))| {
             let (kvm, vcpu, vm, regions) = (kvm.clone(), vcpu.clone(), vms[*vm], sys.regions.clone());
-            let program = program.clone();
+            let (program, out_of_run) = (program.clone(), out_of_run.clone());
+            let parks = sys.faults.iter().any(|f| matches!(f, Fault::Park(p) if *p == n));
             spawn_named(&format!("vcpu{}", vcpu.id()), move || {
                 let vm = kvm.vm(vm).expect("vm");
-                for a in program {
+                'program: for a in program {
                     let r = regions[a.region];
                     let access = GuestAccess { bus: r.bus(), addr: r.base() + a.offset, len: 4, value: a.value };
                     let mut next = Some(access);
-                    // KVM_RUN again while it returns -EINTR (at most one signal per fault).
+                    // KVM_RUN again while it returns -EINTR (at most one signal per fault); a
+                    // parking thread stops at its first -EINTR instead.
                     for _ in 0..4 {
                         let o = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, next.take());
                         if o != AccessOutcome::Interrupted {
                             break;
                         }
+                        if parks {
+                            for (inv, text) in kvm.check_parked(&vcpu) {
+                                kvm.recorder().violation(inv, text);
+                            }
+                            break 'program;
+                        }
                     }
                 }
+                let (done, cv) = &*out_of_run;
+                done.lock()[n] = true;
+                cv.notify_all();
             })
         })
         .collect();
     let vmm = {
         let (kvm, faults, vcpus, stops) = (kvm.clone(), sys.faults.clone(), vcpus.clone(), stops.clone());
-        let (regions, vms, live) = (sys.regions.clone(), vms.clone(), live.clone());
+        let (regions, vms, live, ends, out_of_run) =
+            (sys.regions.clone(), vms.clone(), live.clone(), ends.clone(), out_of_run.clone());
+        let vcpu_vms: Vec<usize> = sys.vcpus.iter().map(|(vm, _)| *vm).collect();
         spawn_named("vmm", move || {
+            let mut destroyed = vec![false; vms.len()];
             for f in faults {
                 match f {
-                    Fault::Signal(n) => kvm.deliver_signal(&vcpus[n]),
+                    Fault::Signal(n) | Fault::Park(n) => kvm.deliver_signal(&vcpus[n]),
                     Fault::DeviceDies(n) => {
                         *stops[n].lock() = true;
                         kvm.wake_waiters();
@@ -269,6 +280,30 @@ fn execute(sys: &System) {
                         let _ = remove(&kvm, vms[r.vm], &r);
                     }
                     Fault::Deassign(_) => {}
+                    Fault::Reregister(n) if live[n] && !destroyed[regions[n].vm] => {
+                        let r = regions[n];
+                        let _ = remove(&kvm, vms[r.vm], &r);
+                        let _ = register(&kvm, vms[r.vm], &r, n, ends[r.channel].0);
+                    }
+                    Fault::Reregister(_) => {}
+                    Fault::CloseKernel(n) => {
+                        let _ = kvm.close(ends[n].0);
+                    }
+                    Fault::DestroyVm(n) if !destroyed[n] => {
+                        let (done, cv) = &*out_of_run;
+                        let mut d = done.lock();
+                        while !vcpu_vms.iter().zip(d.iter()).all(|(vm, out)| *vm != n || *out) {
+                            cv.wait(&mut d);
+                        }
+                        drop(d);
+                        let vm = kvm.vm(vms[n]).expect("vm");
+                        vm.io.destroy();
+                        for v in vcpus.iter().filter(|v| v.vm() == vms[n]) {
+                            vm.destroy_vcpu(v);
+                        }
+                        destroyed[n] = true;
+                    }
+                    Fault::DestroyVm(_) => {}
                 }
             }
         })
@@ -288,9 +323,17 @@ fn execute(sys: &System) {
     let mut found: Vec<String> =
         rec.violations_since(mark).into_iter().map(|v| format!("{}: {}", v.invariant, v.text)).collect();
     found.extend(kvm.check_end(false).into_iter().map(|(i, t)| format!("{}: {t}", i.id)));
-    drop(vcpus);
     let before = rec.violation_count();
-    kvm.teardown();
+    // Process exit: every VM destroyed (its buses, then its vCPUs, as kvm_destroy_vm orders
+    // them: a parked vCPU's saved access is released there), then every fd closed.
+    for vm in kvm.vms() {
+        vm.io.destroy();
+        for v in vcpus.iter().filter(|v| v.vm() == vm.id()) {
+            vm.destroy_vcpu(v);
+        }
+    }
+    kvm.teardown_fds();
+    drop(vcpus);
     found.extend(rec.violations_since(before).into_iter().map(|v| format!("{}: {}", v.invariant, v.text)));
     // A leak that follows from a finding of the setup (rfc-v3's contexts saturated by a kref_get
     // from 0) is that finding's, not the run's.
@@ -299,6 +342,28 @@ fn execute(sys: &System) {
     }
     if !found.is_empty() {
         panic!("VIOLATED {}\n{}", found.join("\n"), rec.format_trace());
+    }
+}
+
+/// Registers region `i` (user_data `i + 1`) on `fd`, in the design's form.
+fn register(kvm: &Kvm, vm: usize, r: &RegionSpec, i: usize, fd: i32) -> Result<(), ioregionfd_model::errno::Errno> {
+    let flags = if r.pio { KVM_IOREGION_PIO } else { 0 } | if r.posted { KVM_IOREGION_POSTED_WRITES } else { 0 };
+    let user_data = i as u64 + 1;
+    if kvm.design() == Design::Seed {
+        let args = KvmIoregionSeed { guest_paddr: r.base(), memory_size: 0x10, user_data, fd, flags, pad: [0; 32] };
+        kvm.set_ioregion_seed(vm, &args)
+    } else {
+        let (read_fd, write_fd) = (fd, fd);
+        let args = KvmIoregionV3 {
+            guest_paddr: r.base(),
+            memory_size: 0x10,
+            user_data,
+            read_fd,
+            write_fd,
+            flags,
+            pad: [0; 28],
+        };
+        kvm.set_ioregion_v3(vm, &args)
     }
 }
 

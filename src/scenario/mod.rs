@@ -45,6 +45,7 @@
 //! ```
 
 pub mod check;
+pub mod generate;
 mod parse;
 mod run;
 
