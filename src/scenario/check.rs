@@ -221,7 +221,7 @@ impl Explored {
 pub struct Limits {
     /// Preemption bound (`None`: exhaustive).
     pub bound: Option<usize>,
-    /// Stop after this long (`LOOM_MAX_DURATION`, seconds): the search is then incomplete.
+    /// Stop after this long (`LOOM_MAX_DURATION`, whole seconds): the search is then incomplete.
     pub max_duration: Option<Duration>,
     /// Stop after this many executions (`LOOM_MAX_PERMUTATIONS`): the search is then incomplete.
     pub max_executions: Option<usize>,
@@ -249,7 +249,8 @@ impl Limits {
         };
         Ok(Limits {
             bound,
-            max_duration: var::<f64>("LOOM_MAX_DURATION")?.map(Duration::from_secs_f64),
+            // Whole seconds, as loom's own Builder reads it.
+            max_duration: var::<u64>("LOOM_MAX_DURATION")?.map(Duration::from_secs),
             max_executions: var("LOOM_MAX_PERMUTATIONS")?,
             max_branches: var("LOOM_MAX_BRANCHES")?,
             iterations: var("SHUTTLE_ITERATIONS")?.unwrap_or(1000),
@@ -420,4 +421,36 @@ pub fn explore(row: &Row, _limits: &Limits) -> Explored {
         }
     };
     Explored { failure, executions: 1, completeness: Completeness::Smoke }
+}
+
+#[cfg(all(test, not(loom), not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+
+    fn explored(failure: Option<&str>, completeness: Completeness) -> Explored {
+        let failure = failure.map(|i| Failure { invariant: i.into(), text: "seen".into(), trace: String::new() });
+        Explored { failure, executions: 7, completeness }
+    }
+
+    #[test]
+    fn a_cut_short_search_never_holds() {
+        let cut = explored(None, Completeness::Incomplete("stopped after 1 s".into()));
+        assert_eq!(cut.verdict(), "incomplete");
+        assert!(!Expected::Holds.matches(&cut.verdict()));
+        assert!(!Expected::Violates(vec!["liveness".into()]).matches(&cut.verdict()));
+        // A failure found before the cut is what it is.
+        let found = explored(Some("exclusive,liveness"), Completeness::Incomplete("cut".into()));
+        assert_eq!(found.verdict(), "exclusive,liveness");
+        assert_eq!(explored(None, Completeness::Complete).verdict(), "holds");
+    }
+
+    #[test]
+    fn expected_verdicts_match_any_named_invariant() {
+        let e = Expected::Violates(vec!["exactly-once".into(), "liveness".into()]);
+        assert!(e.matches("lifetime,liveness"));
+        assert!(!e.matches("lifetime"));
+        assert!(!e.matches("holds"));
+        assert_eq!(e.text(), "exactly-once|liveness");
+        assert!(Expected::Holds.matches("holds") && !Expected::Holds.matches("panic"));
+    }
 }
