@@ -593,9 +593,11 @@ impl Vm {
         }
     }
 
-    /// Destroys `vcpu` (`kvm_vcpu_destroy`, which VM destruction does for each vCPU): it never
-    /// runs KVM_RUN again, and an access it left interrupted is dealt with as
-    /// [`Knobs::on_vcpu_destroy`] says.
+    /// Destroys `vcpu` (`kvm_vcpu_destroy`), as VM destruction does for each vCPU after the VM's
+    /// buses: it never runs KVM_RUN again, and an access it left interrupted is dealt with as
+    /// [`Knobs::on_vcpu_destroy`] says. KVM has no way to destroy one vCPU of a live VM: call it
+    /// only while destroying the whole VM (the scenario runner's `destroy-vm` and `exit` do), or
+    /// a design looks correct for an operation userspace cannot make.
     ///
     /// ```
     /// use ioregionfd_model::trace::Recorder;
