@@ -616,6 +616,16 @@ impl Vm {
         }
     }
 
+    /// VM destruction (`kvm_destroy_vm`), in its order: every bus destroyed (devices, regions),
+    /// then each of `vcpus` that belongs to this VM destroyed ([`destroy_vcpu`](Self::destroy_vcpu)).
+    /// The caller has made sure none of them is in KVM_RUN.
+    pub fn destroy<'a>(&self, vcpus: impl IntoIterator<Item = &'a Vcpu>) {
+        self.io.destroy();
+        for vcpu in vcpus.into_iter().filter(|v| v.vm() == self.id()) {
+            self.destroy_vcpu(vcpu);
+        }
+    }
+
     /// Makes the next array allocation on `bus` fail.
     pub fn fail_next_alloc(&self, bus: BusKind) {
         self.io.bus(bus).fail_next_alloc();

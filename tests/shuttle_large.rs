@@ -297,10 +297,7 @@ fn execute(sys: &System) {
                         }
                         drop(d);
                         let vm = kvm.vm(vms[n]).expect("vm");
-                        vm.io.destroy();
-                        for v in vcpus.iter().filter(|v| v.vm() == vms[n]) {
-                            vm.destroy_vcpu(v);
-                        }
+                        vm.destroy(vcpus.iter().map(|v| &**v));
                         destroyed[n] = true;
                     }
                     Fault::DestroyVm(_) => {}
@@ -327,10 +324,7 @@ fn execute(sys: &System) {
     // Process exit: every VM destroyed (its buses, then its vCPUs, as kvm_destroy_vm orders
     // them: a parked vCPU's saved access is released there), then every fd closed.
     for vm in kvm.vms() {
-        vm.io.destroy();
-        for v in vcpus.iter().filter(|v| v.vm() == vm.id()) {
-            vm.destroy_vcpu(v);
-        }
+        vm.destroy(vcpus.iter().map(|v| &**v));
     }
     kvm.teardown_fds();
     drop(vcpus);

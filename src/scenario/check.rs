@@ -237,7 +237,6 @@ impl Limits {
     pub fn from_env() -> Result<Limits, String> {
         fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
             match std::env::var(name) {
-                Ok(v) if v == "none" && name == "LOOM_MAX_PREEMPTIONS" => Ok(None),
                 Ok(v) => v.parse().map(Some).map_err(|_| format!("{name}={v} is not a number")),
                 Err(_) => Ok(None),
             }

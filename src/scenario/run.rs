@@ -568,10 +568,7 @@ impl Exec {
     fn destroy_vm(&self, vm: usize) {
         let Some(v) = self.kvm.vm(vm) else { return };
         self.kvm.recorder().event(Some(vm), "destroy the VM (its last fd closed)");
-        v.io.destroy();
-        for vcpu in self.vcpus.values().filter(|c| c.vm() == vm) {
-            v.destroy_vcpu(vcpu);
-        }
+        v.destroy(self.vcpus.values().map(|c| &**c));
     }
 
     /// Process exit: every VM destroyed (buses, then vCPUs), every fd closed.
@@ -580,10 +577,7 @@ impl Exec {
             return;
         }
         for vm in self.kvm.vms() {
-            vm.io.destroy();
-            for vcpu in self.vcpus.values().filter(|c| c.vm() == vm.id()) {
-                vm.destroy_vcpu(vcpu);
-            }
+            vm.destroy(self.vcpus.values().map(|c| &**c));
         }
         self.kvm.teardown_fds();
         self.kvm.recorder().event(None, "process exit: teardown done");
