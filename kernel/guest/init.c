@@ -3,8 +3,8 @@
  * /init of the test guest that kernel/run boots under QEMU.
  *
  * Mounts what the KVM selftests need, runs every test listed in /etc/tests
- * (one "NAME PATH LIMIT_SECONDS" per line) with a time limit, prints one line
- * per test:
+ * (one "NAME PATH LIMIT_SECONDS [ARG]" per line; ARG is the test's one
+ * argument) with a time limit, prints one line per test:
  *
  *	TEST-BEGIN <name>
  *	... the test's own output ...
@@ -91,7 +91,8 @@ static void cat_file(const char *path)
 }
 
 /* Runs one test; returns the time it ended. */
-static double run_test(const char *name, const char *path, double limit)
+static double run_test(const char *name, const char *path, const char *arg,
+		       double limit)
 {
 	const char *verdict, *why = "";
 	double start = now(), end;
@@ -107,7 +108,7 @@ static double run_test(const char *name, const char *path, double limit)
 		return now();
 	}
 	if (pid == 0) {
-		char *argv[] = { (char *)path, NULL };
+		char *argv[] = { (char *)path, (char *)arg, NULL };
 
 		chdir("/tmp");
 		execv(path, argv);
@@ -176,7 +177,7 @@ static void kmemleak_report(double last_alloc)
 
 int main(void)
 {
-	char name[128], path[256], line[512];
+	char name[128], path[256], arg[128], line[512];
 	double limit, last = now();
 	FILE *list;
 
@@ -194,9 +195,11 @@ int main(void)
 		printf("INIT /etc/tests: %s\n", strerror(errno));
 	} else {
 		while (fgets(line, sizeof(line), list)) {
-			if (sscanf(line, "%127s %255s %lf", name, path, &limit) != 3)
+			arg[0] = 0;
+			if (sscanf(line, "%127s %255s %lf %127s", name, path,
+				   &limit, arg) < 3)
 				continue;
-			last = run_test(name, path, limit);
+			last = run_test(name, path, arg[0] ? arg : NULL, limit);
 		}
 		fclose(list);
 	}
