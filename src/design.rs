@@ -67,6 +67,7 @@ impl Design {
                 sizes_fit_bus_len: false,
                 short_transfer: ShortTransfer::Error,
                 refuses_nonblocking_fds: false,
+                checks_file_modes: false,
                 on_signal: SignalRule::DeferEntry,
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
@@ -100,6 +101,7 @@ impl Design {
                 sizes_fit_bus_len: false,
                 short_transfer: ShortTransfer::Error,
                 refuses_nonblocking_fds: false,
+                checks_file_modes: false,
                 on_signal: SignalRule::SaveAddressAndStep,
                 on_resume: ResumeRule::RedispatchAddress,
                 forced_eintr_reads_run_page: true,
@@ -133,6 +135,7 @@ impl Design {
                 sizes_fit_bus_len: true,
                 short_transfer: ShortTransfer::Continue,
                 refuses_nonblocking_fds: true,
+                checks_file_modes: true,
                 on_signal: SignalRule::SaveTransaction,
                 on_resume: ResumeRule::SameTransaction,
                 forced_eintr_reads_run_page: false,
@@ -367,6 +370,11 @@ pub struct Knobs {
     /// RFC v2 did: KVM's transfers would get `EAGAIN` in the middle of a message; and a read file
     /// and write file that are the two ends of one pipe or FIFO (KVM would read its own commands).
     pub refuses_nonblocking_fds: bool,
+    /// Whether `KVM_SET_IOREGION` refuses a read file not open for reading or a write file not
+    /// open for writing (`EBADF`). Without it the access fails at its first transfer, and in
+    /// Linux `kernel_read`/`kernel_write` on such a file is a `WARN` (found by the differential
+    /// against the kernel series).
+    pub checks_file_modes: bool,
     /// What a signal does while a vCPU waits.
     pub on_signal: SignalRule,
     /// What the next KVM_RUN does with an interrupted access.
@@ -554,6 +562,11 @@ pub const KNOBS: &[KnobDef] = &[
     enum_knob!(sizes_fit_bus_len, bool, "whether sizes above INT_MAX are refused (ioregions and coalesced zones)"),
     enum_knob!(short_transfer, ShortTransfer, "what a command or response moved in part does"),
     enum_knob!(refuses_nonblocking_fds, bool, "whether O_NONBLOCK files and a looped pipe are refused"),
+    enum_knob!(
+        checks_file_modes,
+        bool,
+        "whether a read file not open for reading or a write file not open for writing is refused"
+    ),
     enum_knob!(on_signal, SignalRule, "what a signal does to a vCPU waiting in a dispatch"),
     enum_knob!(on_resume, ResumeRule, "what the next KVM_RUN does with an interrupted access"),
     enum_knob!(forced_eintr_reads_run_page, bool, "whether KVM_RUN forces -EINTR from run->exit_reason"),

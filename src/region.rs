@@ -950,7 +950,8 @@ impl KvmIo<RegionLists> {
     }
 
     /// `kvm_set_ioregion_idx`: references on the files (write file; read file unless size 0),
-    /// then under `slots_lock`: collision (`EEXIST`), context, bus registration, list.
+    /// their modes (`checks_file_modes`: `EBADF`) and flags (`refuses_nonblocking_fds`:
+    /// `EINVAL`), then under `slots_lock`: collision (`EEXIST`), context, bus registration, list.
     fn set_ioregion_idx(
         &self,
         host: &Host<'_>,
@@ -970,6 +971,13 @@ impl KvmIo<RegionLists> {
         } else {
             None
         };
+        if knobs.checks_file_modes && (!wfile.writable() || rfile.as_ref().is_some_and(|f| !f.readable())) {
+            if let Some(rf) = &rfile {
+                rf.put(&self.rec);
+            }
+            wfile.put(&self.rec);
+            return Err(Errno::EBADF);
+        }
         let looped = rfile.as_ref().is_some_and(|r| {
             r.inode() == wfile.inode()
                 && matches!(r.kind(), FileKind::PipeRead(_))

@@ -599,6 +599,10 @@ impl Oracle {
             Exit::IoIn { port, len } => {
                 Seen::Exit { bus: BusKind::Pio, addr: u64::from(port), len, write: false, data: Vec::new() }
             }
+            // No ioregion is ever registered here.
+            Exit::IoregionFailure { .. } => {
+                return Err(harness(format!("unexpected ioregionfd failure exit {exit:?}")));
+            }
         };
         Ok(Observation { seen, pending, ring, signalled })
     }

@@ -243,7 +243,8 @@ ioregion 0x1 write 0x7 1 0x77
 /// Release puts the context's file, whichever region goes (spec, Removal: "put the context's read
 /// file"): the two DEASSIGNs put the read end twice, though KVM took one reference on it. The
 /// read end is released while fd 3 still names it, and `close 3` puts below zero. proposed keeps
-/// each region's own read file.
+/// each region's own read file, and refuses the FIFO's write end as a read file (`EBADF`,
+/// `checks_file_modes`), so its second DEASSIGN finds nothing.
 #[test]
 fn rfc_v3_fifo_files_share_a_context_and_the_read_end_is_put_twice() {
     let script = "\
@@ -271,13 +272,14 @@ ok
 violation lifetime: reference put on file#1 (pipe read end, inode tmpfs:100) whose count is already 0
 ",
     );
-    proposed_prints(script, "vm 0\nfd 3 4\nfd 5 6\nok\nok\nok\nok\nok\n");
+    proposed_prints(script, "vm 0\nfd 3 4\nfd 5 6\nok\nerr EBADF\nerr ENOENT\nok\nok\n");
 }
 
 /// `lifetime` (a file taken from 0, then used after release): the same two puts release the
 /// FIFO's read end while fd 3 still names it; a new registration `fget`s fd 3 (a reference taken
 /// on a count of 0), gets a new context for it, and the first access reads its response from the
-/// released file. Under proposed the same access waits for a device that is not there.
+/// released file. Under proposed (which refuses the write end as a read file) the same access
+/// waits for a device that is not there.
 #[test]
 fn rfc_v3_a_file_released_by_the_double_put_is_taken_again_and_read() {
     let script = "\
@@ -309,7 +311,7 @@ exit mmio 0x3000 4 0x1
 violation lifetime: use of file#1 (pipe read end, inode tmpfs:100) after it was destroyed or freed
 ",
     );
-    proposed_prints(script, "vm 0\nfd 3 4\nfd 5 6\nok\nok\nok\nok\nok\nblocked\n");
+    proposed_prints(script, "vm 0\nfd 3 4\nfd 5 6\nok\nerr EBADF\nerr ENOENT\nok\nok\nblocked\n");
 }
 
 /// `lifetime`, found by the `registration` fuzz target (docs/fuzzing.md): rfc-v3 takes any fd as
@@ -1144,4 +1146,38 @@ write 0 mmio 0x2000 4 0x3                         # waits for the command channe
 ",
         "vm 0\nfd 3 4\nfd 5 6\nok\nok\nioregion 0x1 write 0x0 4 0x1\nblocked\nok\nblocked\n",
     );
+}
+
+/// Found by the model-vs-kernel differential (`tests/kernel_ioregion_oracle.rs`, run by
+/// `kernel/run`): a pipe's write end as `read_fd` or its read end as `write_fd` was accepted by
+/// the model's proposed design, and the access failed at its first transfer; on the kernel series
+/// that transfer is `kernel_write` on a file not open for writing, a `WARN` in
+/// `__kernel_write_iter`. rfc-v3 (no such check) still accepts them and the read exits; proposed
+/// now refuses them (`checks_file_modes`: `EBADF`), a doorbell's write file too.
+#[test]
+fn differential_files_of_the_wrong_mode_are_refused() {
+    let script = "\
+vm
+pipe                                  # fd 3 (read end) and 4 (write end)
+socketpair
+ioregion 0 mmio 0x1000 8 4 5          # read_fd open only for writing
+ioregion 0 mmio 0x2000 8 5 3          # write_fd open only for reading
+ioregion 0 mmio 0x3000 0 -1 3 posted  # a doorbell's write_fd open only for reading
+read 0 mmio 0x2000 4
+";
+    prints(
+        Design::RfcV3,
+        script,
+        "vm 0
+fd 3 4
+fd 5 6
+ok
+violation lifetime: reference taken on context#1 whose count is 0
+ok
+violation lifetime: reference taken on context#3 whose count is 0
+ok
+exit mmio 0x2000 4
+",
+    );
+    proposed_prints(script, "vm 0\nfd 3 4\nfd 5 6\nerr EBADF\nerr EBADF\nerr EBADF\nexit mmio 0x2000 4\n");
 }

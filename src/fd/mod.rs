@@ -204,6 +204,17 @@ impl File {
         self.nonblock
     }
 
+    /// Whether it is open for reading (`FMODE_READ`): a socket end, a pipe's read end, an
+    /// eventfd, the seed's ioregionfd; not a pipe's write end. Any other file counts as both.
+    pub fn readable(&self) -> bool {
+        !matches!(self.kind, FileKind::PipeWrite(_))
+    }
+
+    /// Whether it is open for writing (`FMODE_WRITE`): all but a pipe's read end.
+    pub fn writable(&self) -> bool {
+        !matches!(self.kind, FileKind::PipeRead(_))
+    }
+
     /// Whether the file is still open (not released).
     pub fn is_live(&self) -> bool {
         self.life.is_live()

@@ -177,7 +177,30 @@ pub enum Exit {
         /// Access width.
         len: usize,
     },
+    /// `KVM_EXIT_IOREGIONFD_FAILURE` (exit reason 38, only on a kernel with the ioregionfd
+    /// series): the access's command was sent and its response will not come. Reads are
+    /// answered like an MMIO read, through the payload's `data`.
+    IoregionFailure {
+        /// Guest-physical address or port.
+        addr: u64,
+        /// Access width.
+        len: usize,
+        /// Whether the access is a write.
+        write: bool,
+        /// Whether it is port I/O.
+        pio: bool,
+        /// A write's data bytes (`len` of them); empty for a read.
+        data: Vec<u8>,
+    },
 }
+
+/// `KVM_EXIT_IOREGIONFD_FAILURE` of the ioregionfd series (kernel/patches).
+pub const KVM_EXIT_IOREGIONFD_FAILURE: u32 = 38;
+
+/// When set, an `access` whose `KVM_RUN` returns `EINTR` fails ("interrupted") instead of
+/// running the vCPU again: a watchdog sets it and signals the thread to end an access that
+/// never completes.
+pub static ABORT_ON_EINTR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One entry of the coalesced MMIO/PIO ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +330,8 @@ pub struct KvmGuest {
     /// Set when an `access` failed after `KVM_RUN` started: the vCPU may then
     /// hold an unanswered exit or a triple-faulted state, so it is not reused.
     poisoned: Option<String>,
+    /// The guest's `rax` when its last access reached the checkpoint (a read's value).
+    last_rax: u64,
 }
 
 /// Prefix of the [`KvmGuest::new`] error when `/dev/kvm` cannot be opened.
@@ -445,7 +470,7 @@ impl KvmGuest {
         let has_coalesced_ring =
             kvm.check_extension_raw(KVM_CAP_COALESCED_MMIO.into()) > 0 && vcpu.map_coalesced_mmio_ring().is_ok();
 
-        Ok(KvmGuest { vcpu, vm, _kvm: kvm, mem, has_coalesced_ring, ring_view: None, poisoned: None })
+        Ok(KvmGuest { vcpu, vm, _kvm: kvm, mem, has_coalesced_ring, ring_view: None, poisoned: None, last_rax: 0 })
     }
 
     /// The VM fd: register ioeventfds / coalesced zones on it.
@@ -574,7 +599,27 @@ impl KvmGuest {
                     answered_read = true;
                     Exit::IoIn { port, len: data.len() }
                 }
+                Err(e) if e.errno() == libc::EINTR && ABORT_ON_EINTR.load(std::sync::atomic::Ordering::SeqCst) => {
+                    return Err(format!("interrupted: {access:x?} did not complete"));
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Ok(VcpuExit::Unsupported(KVM_EXIT_IOREGIONFD_FAILURE)) => {
+                    let run = self.vcpu.get_kvm_run();
+                    // SAFETY: the failure payload has the layout of the `mmio` member
+                    // (addr, data[8], len, is_write, then a pio byte), which is plain data.
+                    let m = unsafe { &mut run.__bindgen_anon_1.mmio };
+                    let len = (m.len as usize).min(8);
+                    let write = m.is_write != 0;
+                    // The byte after is_write is `pio`.
+                    // SAFETY: `is_write` is followed by padding that the payload uses as `pio`.
+                    let pio = unsafe { *std::ptr::addr_of!(m.is_write).add(1) } != 0;
+                    let data = if write { m.data[..len].to_vec() } else { Vec::new() };
+                    if !write {
+                        m.data[..len].copy_from_slice(&read_value.to_le_bytes()[..len]);
+                        answered_read = true;
+                    }
+                    Exit::IoregionFailure { addr: m.phys_addr, len, write, pio, data }
+                }
                 Err(e) => {
                     return Err(format!("KVM_RUN failed for {access:x?}: {e} (rip {})", self.rip_string()));
                 }
@@ -603,6 +648,7 @@ impl KvmGuest {
                 regs.rip
             ));
         }
+        self.last_rax = regs.rax;
         if !write && answered_read {
             let mask = if len == 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
             if regs.rax & mask != read_value & mask {
@@ -613,6 +659,17 @@ impl KvmGuest {
             }
         }
         Ok(exit.unwrap_or(Exit::InKernel))
+    }
+
+    /// The value the guest's last read got (`rax`, masked to `len` bytes).
+    pub fn read_value(&self, len: usize) -> u64 {
+        if len >= 8 { self.last_rax } else { self.last_rax & ((1u64 << (8 * len)) - 1) }
+    }
+
+    /// Whether the kernel has the ioregionfd series (`KVM_CAP_IOREGIONFD`, 224).
+    pub fn has_ioregionfd(&self) -> bool {
+        // SAFETY: KVM_CHECK_EXTENSION on the VM fd takes an integer argument.
+        unsafe { libc::ioctl(self.vm.as_raw_fd(), 0xae03, 224) > 0 }
     }
 
     fn rip_string(&self) -> String {

@@ -1099,6 +1099,18 @@ impl World {
         } else {
             None
         };
+        // proposed (`checks_file_modes`): a write file that is a pipe's read end, or a read file
+        // that is a pipe's write end, is refused
+        if self.proposed()
+            && (matches!(self.files[wf].kind, FKind::PipeRead(_))
+                || rf.is_some_and(|f| matches!(self.files[f].kind, FKind::PipeWrite(_))))
+        {
+            if let Some(rf) = rf {
+                self.file_put(rf);
+            }
+            self.file_put(wf);
+            return Err(Errno::EBADF);
+        }
         // proposed (`refuses_nonblocking_fds`): an O_NONBLOCK read or write file is refused, and
         // so are a read file and a write file that are the two ends of one pipe or FIFO
         if self.proposed()
