@@ -124,35 +124,14 @@ fn low_bytes(v: u64, len: usize) -> u64 {
     if len >= 8 { v } else { v & ((1u64 << (8 * len)) - 1) }
 }
 
-/// Reads exactly one 32-byte message, polling `stop`; `None` at end of file, error or stop.
-fn read_msg(fd: RawFd, stop: &AtomicBool) -> Option<[u8; 32]> {
-    let mut buf = [0u8; 32];
-    let mut got = 0;
-    while got < 32 {
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, 50) };
-        if stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        if n <= 0 {
-            continue;
-        }
-        // SAFETY: reads at most the rest of `buf`.
-        let r = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), 32 - got) };
-        if r <= 0 {
-            return None;
-        }
-        got += r as usize;
-    }
-    Some(buf)
-}
-
-/// Writes all of `buf`, polling `stop` (a response nobody reads can fill a pipe).
-fn write_all(fd: RawFd, buf: &[u8], stop: &AtomicBool) -> bool {
+/// Moves all of `buf` through `fd` (a read, or a write), polling `stop` every 50 ms so that a
+/// device stops even when its peer never reads or writes again. False at end of file, on an
+/// error, or on stop.
+fn transfer(fd: RawFd, buf: &mut [u8], write: bool, stop: &AtomicBool) -> bool {
     let mut done = 0;
+    let events = if write { libc::POLLOUT } else { libc::POLLIN };
     while done < buf.len() {
-        let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        let mut p = libc::pollfd { fd, events, revents: 0 };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, 50) };
         if stop.load(Ordering::SeqCst) {
@@ -161,8 +140,15 @@ fn write_all(fd: RawFd, buf: &[u8], stop: &AtomicBool) -> bool {
         if n <= 0 {
             continue;
         }
-        // SAFETY: writes from the rest of `buf`.
-        let r = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        let rest = &mut buf[done..];
+        // SAFETY: reads into, or writes from, the rest of `buf`.
+        let r = unsafe {
+            if write {
+                libc::write(fd, rest.as_ptr().cast(), rest.len())
+            } else {
+                libc::read(fd, rest.as_mut_ptr().cast(), rest.len())
+            }
+        };
         if r <= 0 {
             return false;
         }
@@ -177,7 +163,8 @@ fn serve(cmd: OwnedFd, resp: OwnedFd, log: Arc<Log>) -> Device {
     let s = stop.clone();
     let thread = std::thread::spawn(move || {
         let mut cells: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-        while let Some(m) = read_msg(cmd.as_raw_fd(), &s) {
+        let mut m = [0u8; 32];
+        while transfer(cmd.as_raw_fd(), &mut m, false, &s) {
             let word = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().expect("8 bytes"));
             let (user_data, offset, data) = (word(8), word(16), word(24));
             let len = 1usize << (m[1] & 0xf);
@@ -196,7 +183,7 @@ fn serve(cmd: OwnedFd, resp: OwnedFd, log: Arc<Log>) -> Device {
             if m[1] & 0x10 != 0 {
                 let mut r = [0u8; 32];
                 r[..8].copy_from_slice(&value.to_le_bytes());
-                if !write_all(resp.as_raw_fd(), &r, &s) {
+                if !transfer(resp.as_raw_fd(), &mut r, true, &s) {
                     break;
                 }
             }
