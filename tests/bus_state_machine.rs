@@ -1,5 +1,5 @@
 //! A proptest state machine of the model's I/O bus (ioeventfd, coalesced MMIO, `kvm_io_bus`)
-//! against a reference written straight from `/work/shared/spec/kvm-io-bus.md`.
+//! against a reference written straight from docs/spec.md (§1).
 //!
 //! The reference ([`RefSystem`]) is deliberately naive: per VM one `Vec` of entries per bus, kept
 //! in the spec's insertion order (first index with `cmp(range[i], new) > 0`), Linux's bsearch plus

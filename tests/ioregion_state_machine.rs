@@ -1,5 +1,5 @@
 //! Proptest state machines of the three ioregionfd designs (`seed`, `rfc-v3`, `proposed`) against
-//! a second, independent implementation written from `/work/shared/spec/ioregionfd.md`, the knob
+//! a second, independent implementation written from docs/spec.md (§2-4), the knob
 //! docs of `src/design.rs`, the seed registration order documented on
 //! `KvmIo::set_ioregion_seed`, and the transport semantics documented on `fd::channel` and `fd`.
 //!

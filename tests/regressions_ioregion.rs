@@ -5,7 +5,7 @@
 //! nothing) under the design and demands the exact output the model prints, then runs the same
 //! sequence under `proposed` (adapted to its structure where the design's differs) and demands
 //! its exact output, which has no `violation` line. The comment on each test gives the mechanism,
-//! in terms of `/work/shared/spec/ioregionfd.md` and the knobs of `src/design.rs`.
+//! in terms of docs/spec.md (§2-4) and the knobs of `src/design.rs`.
 //!
 //! To replay one: `ioregionfd-model script --design rfc-v3 FILE` with the script in FILE.
 //!

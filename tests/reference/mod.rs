@@ -1,5 +1,5 @@
 //! The reference of the three ioregionfd designs: a second, independent implementation of the
-//! model's `Kvm` written from `/work/shared/spec/ioregionfd.md`, the knob docs of `src/design.rs`,
+//! model's `Kvm` written from docs/spec.md (§2-4), the knob docs of `src/design.rs`,
 //! the seed registration order documented on `KvmIo::set_ioregion_seed`, and the transport
 //! semantics documented on `fd::channel` and `fd` (see `tests/ioregion_state_machine.rs` for what
 //! it covers and how it was written).
