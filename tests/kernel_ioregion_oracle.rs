@@ -935,9 +935,10 @@ fn usage() -> i32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // Under `cargo test` the harness passes its own flags: take the first non-flag argument.
+    // `cargo test -- FLAGS` passes libtest's flags (`--nocapture`, `--show-output`, ...) to this
+    // binary too: keep only this program's own two options and the plain arguments.
     let args: Vec<&str> =
-        args.iter().map(String::as_str).filter(|a| !a.starts_with("--") || a.starts_with("--s")).collect();
+        args.iter().map(String::as_str).filter(|a| !a.starts_with('-') || *a == "--seed" || *a == "--script").collect();
     match KvmGuest::new() {
         Ok(g) if g.has_ioregionfd() => g.drop_in_background(),
         Ok(_) => {
