@@ -971,25 +971,27 @@ impl KvmIo<RegionLists> {
         } else {
             None
         };
-        if knobs.checks_file_modes && (!wfile.writable() || rfile.as_ref().is_some_and(|f| !f.readable())) {
-            if let Some(rf) = &rfile {
-                rf.put(&self.rec);
-            }
-            wfile.put(&self.rec);
-            return Err(Errno::EBADF);
-        }
         let looped = rfile.as_ref().is_some_and(|r| {
             r.inode() == wfile.inode()
                 && matches!(r.kind(), FileKind::PipeRead(_))
                 && matches!(wfile.kind(), FileKind::PipeWrite(_))
         });
-        if knobs.refuses_nonblocking_fds && (looped || wfile.nonblock() || rfile.as_ref().is_some_and(|f| f.nonblock()))
+        let refused = if knobs.checks_file_modes && (!wfile.writable() || rfile.as_ref().is_some_and(|f| !f.readable()))
         {
+            Some(Errno::EBADF)
+        } else if knobs.refuses_nonblocking_fds
+            && (looped || wfile.nonblock() || rfile.as_ref().is_some_and(|f| f.nonblock()))
+        {
+            Some(Errno::EINVAL)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
             if let Some(rf) = &rfile {
                 rf.put(&self.rec);
             }
             wfile.put(&self.rec);
-            return Err(Errno::EINVAL);
+            return Err(e);
         }
         let posted = args.flags & KVM_IOREGION_POSTED_WRITES != 0;
         let mut slots = self.slots.lock();
