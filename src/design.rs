@@ -13,9 +13,34 @@
 //! assert_eq!(Design::Proposed.name(), "proposed");
 //! ```
 
-use crate::bus::{Insertion, Reclaim};
 use crate::wire::WireFormat;
 use std::fmt;
+
+/// `NR_IOBUS_DEVS`: the most non-ioeventfd entries one bus accepts.
+pub const NR_IOBUS_DEVS: i32 = 1000;
+
+/// How the bus reclaims what it replaced; the defect variant exists to show that the `lifetime`
+/// check (and loom) catch a destroy that does not wait for readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Reclaim {
+    /// The kernel: `call_srcu` after register, `synchronize_srcu` before destroying in unregister.
+    #[default]
+    AfterReaders,
+    /// Defect: unregister destroys the device and frees the old array without waiting for readers.
+    Immediately,
+}
+
+/// Where `kvm_io_bus_register_dev` puts a new entry; the defect variant exists to show that the
+/// `bus` check catches an array that is not sorted per `kvm_io_bus_cmp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Insertion {
+    /// The kernel (since "kvm: use insert sort in kvm_io_bus_register_dev function"): before the
+    /// first entry that compares greater.
+    #[default]
+    Sorted,
+    /// Defect: append at the end without sorting.
+    AppendUnsorted,
+}
 
 /// A design preset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -52,7 +77,7 @@ impl Design {
         match self {
             Design::Seed => Knobs {
                 design: self,
-                transport: Transport::IoregionfdObject,
+                region_fds: RegionFds::IoregionfdObject,
                 wire: WireFormat::Seed,
                 context_scope: ContextScope::PerIoregionfd,
                 context_key: ContextKey::Inode,
@@ -79,14 +104,14 @@ impl Design {
                 on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
                 interrupted_reply: InterruptedReply::OwnerKeepsContext,
                 context_get_unless_zero: false,
-                nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
+                nr_iobus_devs: Some(NR_IOBUS_DEVS),
                 unregister_destroys: true,
                 reclaim: Reclaim::AfterReaders,
                 insertion: Insertion::Sorted,
             },
             Design::RfcV3 => Knobs {
                 design: self,
-                transport: Transport::UserFds,
+                region_fds: RegionFds::UserFds,
                 wire: WireFormat::V3,
                 context_scope: ContextScope::VmBusList,
                 context_key: ContextKey::InodeNumber,
@@ -113,14 +138,14 @@ impl Design {
                 on_vcpu_destroy: VcpuDestroy::KeepsTransaction,
                 interrupted_reply: InterruptedReply::OwnerKeepsContext,
                 context_get_unless_zero: false,
-                nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
+                nr_iobus_devs: Some(NR_IOBUS_DEVS),
                 unregister_destroys: false,
                 reclaim: Reclaim::AfterReaders,
                 insertion: Insertion::Sorted,
             },
             Design::Proposed => Knobs {
                 design: self,
-                transport: Transport::UserFds,
+                region_fds: RegionFds::UserFds,
                 wire: WireFormat::V3,
                 context_scope: ContextScope::HostTable,
                 context_key: ContextKey::Inode,
@@ -147,7 +172,7 @@ impl Design {
                 on_vcpu_destroy: VcpuDestroy::ReleaseAndDrain,
                 interrupted_reply: InterruptedReply::NextOwnerCollects,
                 context_get_unless_zero: true,
-                nr_iobus_devs: Some(crate::bus::NR_IOBUS_DEVS),
+                nr_iobus_devs: Some(NR_IOBUS_DEVS),
                 unregister_destroys: true,
                 reclaim: Reclaim::AfterReaders,
                 insertion: Insertion::Sorted,
@@ -162,9 +187,10 @@ impl fmt::Display for Design {
     }
 }
 
-/// How userspace gives KVM the file descriptor(s) of a region.
+/// How userspace gives KVM the file descriptor(s) of a region (the fds themselves are of a
+/// [`TransportKind`](crate::wire::TransportKind)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Transport {
+pub enum RegionFds {
     /// seed: a kernel object of its own type from `KVM_CREATE_IOREGIONFD`, usable by several VMs;
     /// the device reads commands from it and writes responses to it.
     IoregionfdObject,
@@ -330,7 +356,7 @@ pub struct Knobs {
     /// The preset these knobs belong to.
     pub design: Design,
     /// How userspace gives KVM its fds.
-    pub transport: Transport,
+    pub region_fds: RegionFds,
     /// The wire format.
     pub wire: WireFormat,
     /// Where the serialization context lives and how it is found.
@@ -446,7 +472,7 @@ macro_rules! knob_values {
 }
 
 knob_values!(bool: "true" => true, "false" => false);
-knob_values!(Transport: "ioregionfd-object" => Transport::IoregionfdObject, "user-fds" => Transport::UserFds);
+knob_values!(RegionFds: "ioregionfd-object" => RegionFds::IoregionfdObject, "user-fds" => RegionFds::UserFds);
 knob_values!(WireFormat: "seed" => WireFormat::Seed, "v3" => WireFormat::V3);
 knob_values!(ContextScope:
     "per-ioregionfd" => ContextScope::PerIoregionfd,
@@ -526,7 +552,7 @@ macro_rules! enum_knob {
 
 /// Every knob, in the order `ioregionfd-model knobs` lists them.
 pub const KNOBS: &[KnobDef] = &[
-    enum_knob!(transport, Transport, "how userspace gives KVM a region's fds"),
+    enum_knob!(region_fds, RegionFds, "how userspace gives KVM a region's fds"),
     enum_knob!(wire, WireFormat, "the wire format of commands and responses"),
     enum_knob!(
         context_scope,

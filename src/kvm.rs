@@ -13,10 +13,10 @@
 
 use crate::bus::BusKind;
 use crate::bus::ioeventfd::EventfdCtx;
-use crate::design::{Design, Knobs, Transport};
+use crate::design::{Design, Knobs, RegionFds};
 use crate::device::{MemoryDevice, ServedDevice};
 use crate::errno::Errno;
-use crate::fd::channel::ChannelKind;
+use crate::fd::channel::{ChannelKind, PIPE_CAPACITY, SOCKET_CAPACITY};
 use crate::fd::{FdTable, File, FileKind};
 use crate::invariants::Invariant;
 use crate::region::{ContextTable, Host};
@@ -24,6 +24,7 @@ use crate::sync::{Arc, Mutex};
 use crate::trace::{Ended, Recorder};
 use crate::uapi::{KvmCoalescedMmioZone, KvmIoeventfd, KvmIoregionSeed, KvmIoregionV3};
 use crate::vm::{AccessCtx, AccessError, AccessOutcome, Vm, VmConfig};
+use crate::wire::TransportKind;
 
 /// The modelled host: the VMM process's files, its VMs, the contexts shared across VMs, and
 /// (sequential model) the devices served on its files.
@@ -169,6 +170,26 @@ impl Kvm {
         (files.install(r), files.install(w))
     }
 
+    /// Creates a transport of `kind` with buffer `buf` (default: Linux's default for the kind) and
+    /// returns its two fds, as the script's `socketpair`, `pipe` and `fifo` do.
+    ///
+    /// ```
+    /// use ioregionfd_model::kvm::Kvm;
+    /// use ioregionfd_model::trace::Recorder;
+    /// use ioregionfd_model::wire::TransportKind;
+    /// let kvm = Kvm::with_recorder(Recorder::new());
+    /// assert_eq!(kvm.open_transport(TransportKind::Pipe, None, false), (3, 4));
+    /// ```
+    pub fn open_transport(&self, kind: TransportKind, buf: Option<usize>, nonblock: bool) -> (i32, i32) {
+        let socket = |k| self.socketpair(k, buf.unwrap_or(SOCKET_CAPACITY), nonblock);
+        match kind {
+            TransportKind::Stream => socket(ChannelKind::Stream),
+            TransportKind::Seqpacket => socket(ChannelKind::Seqpacket),
+            TransportKind::Pipe => self.pipe(buf.unwrap_or(PIPE_CAPACITY), nonblock),
+            TransportKind::Fifo => self.fifo(buf.unwrap_or(PIPE_CAPACITY), nonblock),
+        }
+    }
+
     /// The file behind `fd` (no new reference).
     pub fn file(&self, fd: i32) -> Result<Arc<File>, Errno> {
         self.files.lock().get(fd)
@@ -228,7 +249,7 @@ impl Kvm {
 
     /// `KVM_CREATE_IOREGIONFD` (seed design only; other designs have no such ioctl: `EINVAL`).
     pub fn ioregionfd(&self) -> Result<i32, Errno> {
-        if self.knobs.transport != Transport::IoregionfdObject {
+        if self.knobs.region_fds != RegionFds::IoregionfdObject {
             return Err(Errno::EINVAL);
         }
         let mut files = self.files.lock();
@@ -245,7 +266,7 @@ impl Kvm {
     pub fn set_ioregion_v3(&self, vm: usize, args: &KvmIoregionV3) -> Result<(), Errno> {
         let vm = self.vm_or_ebadf(vm)?;
         let knobs = self.knobs;
-        if knobs.transport != Transport::UserFds {
+        if knobs.region_fds != RegionFds::UserFds {
             return Err(Errno::EINVAL);
         }
         let fget = |fd| self.fget(fd);
@@ -256,7 +277,7 @@ impl Kvm {
     pub fn set_ioregion_seed(&self, vm: usize, args: &KvmIoregionSeed) -> Result<(), Errno> {
         let vm = self.vm_or_ebadf(vm)?;
         let knobs = self.knobs;
-        if knobs.transport != Transport::IoregionfdObject {
+        if knobs.region_fds != RegionFds::IoregionfdObject {
             return Err(Errno::EINVAL);
         }
         let fget = |fd| self.fget(fd);
@@ -359,7 +380,7 @@ impl Kvm {
     /// VMM paused it, or it is never scheduled again): it must own no context, or every later
     /// access on that channel waits for it.
     pub fn check_parked(&self, vcpu: &crate::vcpu::Vcpu) -> Vec<(&'static Invariant, String)> {
-        let who = (vcpu.vm(), vcpu.id());
+        let who = vcpu.vcpu_id();
         self.contexts
             .contexts()
             .iter()
@@ -367,7 +388,7 @@ impl Kvm {
             .map(|c| {
                 let text = format!(
                     "vcpu{} of vm{} stops calling KVM_RUN while it owns {c}: every later access on that channel waits for it",
-                    who.1, who.0
+                    who.vcpu, who.vm
                 );
                 (&crate::invariants::LIVENESS, text)
             })

@@ -3,12 +3,13 @@
 //! An executable, model-checked reimplementation of the KVM side of *ioregionfd* and of the
 //! mainline in-kernel I/O bus it builds on.
 //!
-//! Layers, bottom up: [`uapi`] (structures and their byte images) and [`wire`] (the ioregionfd
-//! command and response formats) → [`bus`] (`kvm_io_bus`, ioeventfd, coalesced MMIO, SRCU) →
-//! [`fd`] (files and the process fd table) → [`vm`] and [`kvm`] (the system). Beside them:
-//! [`design`] (the presets), [`sync`] (the concurrency facade: std, loom or shuttle),
-//! [`invariants`] (the catalogue and its checks), [`trace`] (events for counterexamples), and
-//! [`script`] (the line-oriented interface reviewers and differential tests use).
+//! Layers, bottom up (imports run one way; `tests/layers.rs` keeps them so): [`errno`], [`sync`]
+//! (the concurrency facade: std, loom or shuttle) and [`uapi`] → [`wire`] (the ioregionfd command
+//! and response formats) → [`design`] (presets and knobs) → [`invariants`] (the catalogue) →
+//! [`trace`] (events, violations, ghost tags, object lifetimes) → [`fd`] (files, channels, the fd
+//! table) → [`bus`] (`kvm_io_bus`, ioeventfd, coalesced MMIO, SRCU) and [`device`] (the device side)
+//! → [`region`] (what `ioregion.c` holds: registration, contexts, the transaction) → [`vcpu`] →
+//! [`vm`] → [`kvm`] (the system) → [`script`] and [`scenario`] (the interfaces reviewers use).
 //!
 //! ```
 //! use ioregionfd_model::bus::BusKind;

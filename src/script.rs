@@ -55,10 +55,10 @@
 use crate::bus::{BusKind, Insertion};
 use crate::design::Design;
 use crate::errno::Errno;
-use crate::fd::channel::{ChannelKind, PIPE_CAPACITY, SOCKET_CAPACITY};
 use crate::kvm::Kvm;
 use crate::uapi::*;
 use crate::vm::{Backend, VmConfig};
+pub use crate::wire::TransportKind;
 use std::fmt;
 use std::io::{BufRead, Write};
 
@@ -180,42 +180,6 @@ pub enum Op {
         /// Where it writes responses (default `fd`).
         resp: Option<i32>,
     },
-}
-
-/// The transports the script can create.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    /// `socketpair(AF_UNIX, SOCK_STREAM)`.
-    Stream,
-    /// `socketpair(AF_UNIX, SOCK_SEQPACKET)`.
-    Seqpacket,
-    /// `pipe(2)`.
-    Pipe,
-    /// A FIFO opened twice.
-    Fifo,
-}
-
-impl TransportKind {
-    /// Creates the transport on `kvm` with buffer `buf` (default: Linux's default for the kind)
-    /// and returns its two fds, as the script's `socketpair`, `pipe` and `fifo` do.
-    ///
-    /// ```
-    /// use ioregionfd_model::kvm::Kvm;
-    /// use ioregionfd_model::script::TransportKind;
-    /// use ioregionfd_model::trace::Recorder;
-    /// let kvm = Kvm::with_recorder(Recorder::new());
-    /// assert_eq!(TransportKind::Pipe.open(&kvm, None, false), (3, 4));
-    /// ```
-    pub fn open(self, kvm: &Kvm, buf: Option<usize>, nonblock: bool) -> (i32, i32) {
-        match self {
-            TransportKind::Stream => kvm.socketpair(ChannelKind::Stream, buf.unwrap_or(SOCKET_CAPACITY), nonblock),
-            TransportKind::Seqpacket => {
-                kvm.socketpair(ChannelKind::Seqpacket, buf.unwrap_or(SOCKET_CAPACITY), nonblock)
-            }
-            TransportKind::Pipe => kvm.pipe(buf.unwrap_or(PIPE_CAPACITY), nonblock),
-            TransportKind::Fifo => kvm.fifo(buf.unwrap_or(PIPE_CAPACITY), nonblock),
-        }
-    }
 }
 
 fn ioregion_flag_words(bus: BusKind, posted: bool, deassign: bool, extra: u32) -> u32 {
@@ -809,7 +773,7 @@ pub fn apply(kvm: &Kvm, op: &Op) -> String {
             },
             Op::Design(_) => "err EINVAL".to_string(),
             Op::Transport { kind, nonblock, buf } => {
-                let (a, b) = kind.open(kvm, buf, nonblock);
+                let (a, b) = kvm.open_transport(kind, buf, nonblock);
                 format!("fd {a} {b}")
             }
             Op::Ioregionfd => match kvm.ioregionfd() {

@@ -14,7 +14,8 @@
 //! assert!(rec.format_trace().contains("1 main vm0: publish mmio bus"));
 //! ```
 
-use crate::invariants::Invariant;
+use crate::invariants::{Invariant, LIFETIME};
+use crate::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use crate::sync::{Arc, Ghost, thread_name};
 use std::fmt;
 
@@ -70,11 +71,11 @@ struct Log {
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     /// Tags of the commands devices read, in order.
-    pub delivered: Vec<crate::fd::channel::Tag>,
+    pub delivered: Vec<Tag>,
     /// The channel each of `delivered` came over (an identity, same index).
     pub delivered_on: Vec<u64>,
     /// The final outcome of each access that ended, by tag.
-    pub ended: Vec<(crate::fd::channel::Tag, Ended)>,
+    pub ended: Vec<(Tag, Ended)>,
 }
 
 /// How an access ended, for `exactly-once`.
@@ -133,7 +134,7 @@ impl Recorder {
     /// Ghost: a device read the whole command of access `tag`. A command of the same vCPU that
     /// arrives after a later one of it is an `order` violation; the same command read twice is an
     /// `exactly-once` violation.
-    pub fn delivered(&self, tag: crate::fd::channel::Tag, channel: u64) {
+    pub fn delivered(&self, tag: Tag, channel: u64) {
         let (dup, later) = self.0.with(|log| {
             let l = &mut log.ledger;
             let dup = l.delivered.contains(&tag);
@@ -160,7 +161,7 @@ impl Recorder {
     }
 
     /// Ghost: access `tag` ended, as `how` says.
-    pub fn ended(&self, tag: crate::fd::channel::Tag, how: Ended) {
+    pub fn ended(&self, tag: Tag, how: Ended) {
         self.0.with(|log| log.ledger.ended.push((tag, how)));
     }
 
@@ -195,10 +196,194 @@ impl Recorder {
     }
 }
 
+/// Which vCPU of which VM (`who` in the lock and ownership records).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VcpuId {
+    /// The VM's number.
+    pub vm: usize,
+    /// The vCPU's number in its VM.
+    pub vcpu: usize,
+}
+
+/// Printed as the `(vm, vcpu)` pair the traces have always shown.
+impl fmt::Debug for VcpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, {})", self.vm, self.vcpu)
+    }
+}
+
+impl fmt::Display for VcpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vm{} vcpu{}", self.vm, self.vcpu)
+    }
+}
+
+/// Ghost identity of the access a message belongs to (the wire protocol has no tags; the model
+/// follows each message with one to check `route` and `isolation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tag {
+    /// The VM of the access.
+    pub vm: usize,
+    /// The vCPU of the access.
+    pub vcpu: usize,
+    /// The access's number on that vCPU.
+    pub seq: u64,
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vm{} vcpu{} access {}", self.vm, self.vcpu, self.seq)
+    }
+}
+
+const LIVE: u8 = 0;
+const DEAD: u8 = 1;
+
+/// The lifetime of one modelled kernel object (a device, a bus array, ...): live until it is
+/// destroyed or freed, dead afterwards.
+///
+/// The state is a facade atomic, so under loom checking it is a scheduling point: the checker
+/// explores a writer freeing the object between a reader's dereference and its use.
+///
+/// ```
+/// use ioregionfd_model::trace::Lifetime;
+/// use ioregionfd_model::trace::Recorder;
+/// let rec = Recorder::new();
+/// let life = Lifetime::new();
+/// assert!(life.check_use(&rec, "bus array"));
+/// life.end(&rec, "bus array");
+/// assert!(!life.check_use(&rec, "bus array"));
+/// assert_eq!(rec.violations()[0].invariant, "lifetime");
+/// ```
+#[derive(Debug)]
+pub struct Lifetime(AtomicU8);
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifetime {
+    /// A live object.
+    pub fn new() -> Self {
+        Lifetime(AtomicU8::new(LIVE))
+    }
+
+    /// Whether the object is still live.
+    #[track_caller]
+    pub fn is_live(&self) -> bool {
+        self.0.load(Ordering::Acquire) == LIVE
+    }
+
+    /// Ends the lifetime (destroy, free). Ending it twice is a `lifetime` violation.
+    #[track_caller]
+    pub fn end(&self, rec: &Recorder, what: impl fmt::Display) {
+        if self.0.swap(DEAD, Ordering::AcqRel) == DEAD {
+            rec.violation(&LIFETIME, format_args!("{what} destroyed or freed twice"));
+        }
+    }
+
+    /// Checks a use of the object; a use after the end is a `lifetime` violation and returns false.
+    #[track_caller]
+    pub fn check_use(&self, rec: &Recorder, what: impl fmt::Display) -> bool {
+        let live = self.is_live();
+        if !live {
+            rec.violation(&LIFETIME, format_args!("use of {what} after it was destroyed or freed"));
+        }
+        live
+    }
+}
+
+/// A kernel reference count (`struct kref`, a file's `f_count`) whose misuse is a `lifetime`
+/// violation: a get when the count is 0, or a put below 0. As `refcount_t` does, a misused count
+/// saturates: it never reaches 0 again, so the object is never released (a leak, not a free).
+///
+/// ```
+/// use ioregionfd_model::trace::Kref;
+/// use ioregionfd_model::trace::Recorder;
+/// let rec = Recorder::new();
+/// let r = Kref::new(1);
+/// r.get(&rec, "ctx");
+/// assert!(!r.put(&rec, "ctx"));
+/// assert!(r.put(&rec, "ctx")); // dropped to zero: release
+/// assert!(rec.violations().is_empty());
+/// r.get(&rec, "ctx"); // from 0: a violation, and the count saturates
+/// assert_eq!(rec.violations()[0].invariant, "lifetime");
+/// assert!(r.saturated());
+/// assert!(!r.put(&rec, "ctx")); // never released again
+/// ```
+#[derive(Debug)]
+pub struct Kref(AtomicI64);
+
+impl Kref {
+    /// A count starting at `initial` (`kref_init` is 1; rfc-v3's contexts start at 0).
+    pub fn new(initial: i64) -> Self {
+        Kref(AtomicI64::new(initial))
+    }
+
+    /// Current value.
+    pub fn get_count(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The value of a saturated count (`REFCOUNT_SATURATED`).
+    pub const SATURATED: i64 = i32::MIN as i64 / 2;
+
+    /// Whether the count saturated after a misuse.
+    pub fn saturated(&self) -> bool {
+        self.get_count() < 0
+    }
+
+    /// Takes a reference; from 0 it is a `lifetime` violation (`refcount_t: addition on 0;
+    /// use-after-free`) and the count saturates.
+    #[track_caller]
+    pub fn get(&self, rec: &Recorder, what: impl fmt::Display) {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        if before == 0 {
+            rec.violation(&LIFETIME, format_args!("reference taken on {what} whose count is 0"));
+            self.0.store(Self::SATURATED, Ordering::Release);
+        } else if before < 0 {
+            self.0.store(Self::SATURATED, Ordering::Release);
+        }
+    }
+
+    /// `kref_get_unless_zero`: takes a reference unless the count is 0 (the object is being
+    /// released); returns whether it did. What a lookup table whose entries may be in their last
+    /// put uses.
+    #[track_caller]
+    pub fn get_unless_zero(&self) -> bool {
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            if now == 0 {
+                return false;
+            }
+            match self.0.compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Drops a reference; returns true when the count reached 0 (the caller releases the object).
+    /// Below 0 is a `lifetime` violation (`refcount_t: underflow; use-after-free`) and the count
+    /// saturates; a saturated count stays saturated.
+    #[track_caller]
+    pub fn put(&self, rec: &Recorder, what: impl fmt::Display) -> bool {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        if before == 0 {
+            rec.violation(&LIFETIME, format_args!("reference put on {what} whose count is already 0"));
+        }
+        if before <= 0 {
+            self.0.store(Self::SATURATED, Ordering::Release);
+        }
+        before == 1
+    }
+}
+
 #[cfg(all(test, not(loom), not(feature = "shuttle")))]
 mod tests {
     use super::*;
-    use crate::fd::channel::Tag;
 
     #[test]
     fn order_and_duplicates_are_caught() {

@@ -8,6 +8,7 @@
 //!
 //! Every access runs inside an SRCU read section of the VM (`kvm->srcu`).
 
+pub use crate::bus::GuestAccess;
 use crate::bus::KvmIoDevice;
 use crate::bus::{BusConfig, BusKind, DispatchCtx, HandledBy};
 use crate::design::{Design, Knobs, ResumeRule};
@@ -168,28 +169,6 @@ impl fmt::Display for AccessOutcome {
     }
 }
 
-/// One guest access: a write when `value` is `Some`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestAccess {
-    /// MMIO or PIO.
-    pub bus: BusKind,
-    /// Address or port.
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: usize,
-    /// The value of a write; `None` for a read.
-    pub value: Option<u64>,
-}
-
-impl fmt::Display for GuestAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.value {
-            Some(v) => write!(f, "write {} {:#x} {} {v:#x}", self.bus, self.addr, self.len),
-            None => write!(f, "read {} {:#x} {}", self.bus, self.addr, self.len),
-        }
-    }
-}
-
 /// Who makes an access: the vCPU, and (sequential model) what lets the devices run.
 #[derive(Clone, Copy)]
 pub struct AccessCtx<'a> {
@@ -291,7 +270,7 @@ impl Vm {
         let mut n = self.next_vcpu.lock();
         let id = *n;
         *n += 1;
-        Vcpu::new(self.io.vm, id, true)
+        Vcpu::sequential(self.io.vm, id)
     }
 
     /// A guest access on `bus` (MMIO or PIO) of `len` bytes, made by a new sequential vCPU: a
@@ -355,7 +334,7 @@ impl Vm {
     }
 
     fn ctx<'a>(&'a self, a: &AccessCtx<'a>) -> DispatchCtx<'a> {
-        DispatchCtx { rec: &self.io.rec, vm: self.io.vm, vcpu: Some(a.vcpu), pump: a.pump }
+        DispatchCtx { rec: &self.io.rec, vm: self.io.vm, vcpu: Some(a.vcpu.ioregion()), pump: a.pump }
     }
 
     /// The VMX fast path: `Some` when the page already has an MMIO SPTE and a FAST_MMIO device
@@ -381,7 +360,7 @@ impl Vm {
             Some(d) => {
                 let mut data = d.value.to_le_bytes();
                 let region = d.txn.as_ref().map(|t| t.region.clone()).expect("a claimed access has its region");
-                let r = crate::vcpu::run_deferred(&self.ctx(a), &d, &mut data[..d.len]);
+                let r = crate::region::run_deferred(&self.ctx(a), &d, &mut data[..d.len]);
                 r.map(|()| region.handled_by(d.addr, &data[..d.len], !d.is_read))
             }
             None => result,
@@ -468,7 +447,7 @@ impl Vm {
     /// use ioregionfd_model::vcpu::Vcpu;
     /// use ioregionfd_model::vm::{AccessCtx, GuestAccess, Vm, VmConfig};
     /// let vm = Vm::new(0, Recorder::new(), VmConfig::default());
-    /// let vcpu = Vcpu::new(0, 0, false);
+    /// let vcpu = Vcpu::threaded(0, 0);
     /// let access = GuestAccess { bus: BusKind::Pio, addr: 0x60, len: 1, value: Some(1) };
     /// let out = vm.kvm_run(AccessCtx { vcpu: &vcpu, pump: None }, Some(access));
     /// assert_eq!(out.to_string(), "exit pio 0x60 1 0x1");
@@ -579,7 +558,7 @@ impl Vm {
                     Some(s) if s.step == crate::vcpu::Step::GetReply && s.txn.is_some() => {
                         let mut data = s.value.to_le_bytes();
                         let txn = s.txn.clone().expect("transaction");
-                        let r = crate::vcpu::continue_transaction(&self.ctx(&a), &s, &mut data[..s.len]);
+                        let r = crate::region::continue_transaction(&self.ctx(&a), &s, &mut data[..s.len]);
                         let exit = exit_of(p, "");
                         self.finish(r.map(|()| txn.region.handled_by(s.addr, &data[..s.len], !s.is_read)), &a, exit)
                     }
@@ -604,7 +583,7 @@ impl Vm {
     /// use ioregionfd_model::vcpu::Vcpu;
     /// use ioregionfd_model::vm::{Vm, VmConfig};
     /// let vm = Vm::new(0, Recorder::new(), VmConfig::default());
-    /// let vcpu = Vcpu::new(0, 0, false);
+    /// let vcpu = Vcpu::threaded(0, 0);
     /// vm.destroy_vcpu(&vcpu);
     /// assert!(!vcpu.is_interrupted());
     /// ```
@@ -612,7 +591,7 @@ impl Vm {
         self.io.rec.event(Some(self.id()), format_args!("vcpu{} destroyed", vcpu.id()));
         vcpu.set_pending(None);
         if let Some(saved) = vcpu.take_saved() {
-            crate::vcpu::abandon(&self.ctx(&AccessCtx { vcpu, pump: None }), &saved);
+            crate::region::abandon(&self.ctx(&AccessCtx { vcpu, pump: None }), &saved);
         }
     }
 

@@ -206,7 +206,7 @@ fn execute(sys: &System) {
         }
     }
     let vcpus: Vec<Arc<Vcpu>> =
-        sys.vcpus.iter().enumerate().map(|(i, (vm, _))| Arc::new(Vcpu::new(vms[*vm], i, false))).collect();
+        sys.vcpus.iter().enumerate().map(|(i, (vm, _))| Arc::new(Vcpu::threaded(vms[*vm], i))).collect();
     let mark = kvm.recorder().violation_count();
 
     // Device tasks; a dying one is told to stop and closes its end.

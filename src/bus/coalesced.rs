@@ -11,8 +11,8 @@
 
 use super::{BusKind, DispatchCtx, HandledBy, KvmIo, KvmIoDevice};
 use crate::errno::Errno;
-use crate::invariants::Lifetime;
 use crate::sync::{Arc, Mutex};
+use crate::trace::Lifetime;
 use crate::trace::Recorder;
 use crate::uapi::{KVM_COALESCED_MMIO_MAX, KvmCoalescedMmio, KvmCoalescedMmioZone};
 use std::fmt;

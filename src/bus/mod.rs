@@ -21,18 +21,19 @@ pub mod ioeventfd;
 mod lookup;
 pub mod srcu;
 
+pub use crate::design::{Insertion, NR_IOBUS_DEVS, Reclaim};
 use crate::errno::Errno;
-use crate::invariants::{BUS, Invariant, LIFETIME, Lifetime};
+use crate::invariants::{BUS, Invariant, LIFETIME};
 use crate::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use crate::sync::{Arc, Mutex, MutexGuard};
+use crate::trace::Lifetime;
 use crate::trace::Recorder;
+use crate::trace::VcpuId;
 use lookup::{AnswerTable, CmpKey, probe_first_dev};
 pub use lookup::{TABLE_MIN_DEVS, TABLED_LENS};
 use srcu::{Srcu, SrcuReadGuard};
+use std::any::Any;
 use std::fmt;
-
-/// `NR_IOBUS_DEVS`: the most non-ioeventfd entries one bus accepts.
-pub const NR_IOBUS_DEVS: i32 = 1000;
 
 /// `enum kvm_bus`, in the kernel's order (s390's CCW bus exists on every architecture; nothing
 /// reads it on x86).
@@ -117,6 +118,36 @@ impl fmt::Display for HandledBy {
     }
 }
 
+/// One guest access: a write when `value` is `Some`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestAccess {
+    /// MMIO or PIO.
+    pub bus: BusKind,
+    /// Address or port.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: usize,
+    /// The value of a write; `None` for a read.
+    pub value: Option<u64>,
+}
+
+impl fmt::Display for GuestAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value {
+            Some(v) => write!(f, "write {} {:#x} {} {v:#x}", self.bus, self.addr, self.len),
+            None => write!(f, "read {} {:#x} {}", self.bus, self.addr, self.len),
+        }
+    }
+}
+
+/// The vCPU making an access, as the bus hands it to a device's ops (the `struct kvm_vcpu *`
+/// that `kvm_io_device_ops` receive). The bus only passes it on; a device that keeps state per
+/// vCPU (an ioregion's interrupted transaction) downcasts it to the type it knows.
+pub trait AccessingVcpu: Any + Sync {
+    /// Which vCPU of which VM.
+    fn vcpu_id(&self) -> VcpuId;
+}
+
 /// Who is dispatching an access (passed to device ops).
 #[derive(Clone, Copy)]
 pub struct DispatchCtx<'a> {
@@ -125,14 +156,14 @@ pub struct DispatchCtx<'a> {
     /// The VM.
     pub vm: usize,
     /// The vCPU making the access (ioregions keep their interrupted state there).
-    pub vcpu: Option<&'a crate::vcpu::Vcpu>,
+    pub vcpu: Option<&'a dyn AccessingVcpu>,
     /// Sequential model: lets the served devices run after a command was sent.
     pub pump: Option<&'a dyn Fn()>,
 }
 
 impl fmt::Debug for DispatchCtx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DispatchCtx(vm{}, {:?})", self.vm, self.vcpu.map(|v| v.id()))
+        write!(f, "DispatchCtx(vm{}, {:?})", self.vm, self.vcpu.map(|v| v.vcpu_id()))
     }
 }
 
@@ -386,29 +417,6 @@ impl<T> std::ops::DerefMut for SlotsGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.0
     }
-}
-
-/// How the bus reclaims what it replaced; the defect variant exists to show that the `lifetime`
-/// check (and loom) catch a destroy that does not wait for readers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Reclaim {
-    /// The kernel: `call_srcu` after register, `synchronize_srcu` before destroying in unregister.
-    #[default]
-    AfterReaders,
-    /// Defect: unregister destroys the device and frees the old array without waiting for readers.
-    Immediately,
-}
-
-/// Where `kvm_io_bus_register_dev` puts a new entry; the defect variant exists to show that the
-/// `bus` check catches an array that is not sorted per `kvm_io_bus_cmp`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Insertion {
-    /// The kernel (since "kvm: use insert sort in kvm_io_bus_register_dev function"): before the
-    /// first entry that compares greater.
-    #[default]
-    Sorted,
-    /// Defect: append at the end without sorting.
-    AppendUnsorted,
 }
 
 /// One bus slot of a VM (`kvm->buses[idx]`): the published array pointer, NULL once the bus is

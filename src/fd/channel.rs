@@ -31,6 +31,7 @@
 
 use crate::errno::Errno;
 use crate::sync::{Condvar, Mutex};
+pub use crate::trace::Tag;
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -130,24 +131,6 @@ impl State {
     /// message).
     fn drop_tags(&mut self, n: usize) {
         let _ = self.take_tags(n);
-    }
-}
-
-/// Ghost identity of the access a message belongs to (the wire protocol has no tags; the model
-/// follows each message with one to check `route` and `isolation`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Tag {
-    /// The VM of the access.
-    pub vm: usize,
-    /// The vCPU of the access.
-    pub vcpu: usize,
-    /// The access's number on that vCPU.
-    pub seq: u64,
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vm{} vcpu{} access {}", self.vm, self.vcpu, self.seq)
     }
 }
 

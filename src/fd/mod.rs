@@ -30,12 +30,14 @@
 //! ```
 
 pub mod channel;
+mod eventfd;
 
-use crate::bus::ioeventfd::EventfdCtx;
+pub use eventfd::EventfdCtx;
+
 use crate::errno::Errno;
-use crate::invariants::{Kref, Lifetime};
 use crate::sync::Arc;
 use crate::trace::Recorder;
+use crate::trace::{Kref, Lifetime};
 use channel::{Channel, ChannelKind, Transfer, Wait};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -10,7 +10,7 @@
 use super::check::{Failure, fail_with, verdict_after, watch};
 use super::{FdRef, Line, Role, Scenario, Step, ThreadSpec};
 use crate::bus::BusKind;
-use crate::design::{Design, Knobs, Transport};
+use crate::design::{Design, Knobs, RegionFds};
 use crate::device::receive_model_command;
 use crate::errno::Errno;
 use crate::fd::File;
@@ -134,7 +134,7 @@ pub(super) fn execute(scenario: &Arc<Scenario>, knobs: Knobs) -> Result<(), Fail
         .iter()
         .filter_map(|t| match t.role {
             Role::Vcpu { vm, id, sigpipe_handled } => {
-                let v = Vcpu::new(vm, id, false);
+                let v = Vcpu::threaded(vm, id);
                 v.set_sigpipe_ignored(!sigpipe_handled);
                 Some((t.name.clone(), Arc::new(v)))
             }
@@ -249,18 +249,18 @@ fn ok_or_errno(r: Result<(), Errno>) -> String {
 /// The design's transport for `channel NAME`: seed's ioregionfd, else the kind asked for (a pipe
 /// or FIFO pair for commands and responses).
 fn open_channel(kvm: &Kvm, kind: TransportKind, buf: Option<usize>) -> Result<ChannelFds, String> {
-    if kvm.knobs().transport == Transport::IoregionfdObject {
+    if kvm.knobs().region_fds == RegionFds::IoregionfdObject {
         let fd = kvm.ioregionfd().map_err(|e| format!("KVM_CREATE_IOREGIONFD: {e}"))?;
         return Ok(ChannelFds { kernel_read: fd, kernel_write: fd, device_read: fd, device_write: fd });
     }
     Ok(match kind {
         TransportKind::Stream | TransportKind::Seqpacket => {
-            let (a, b) = kind.open(kvm, buf, false);
+            let (a, b) = kvm.open_transport(kind, buf, false);
             ChannelFds { kernel_read: a, kernel_write: a, device_read: b, device_write: b }
         }
         TransportKind::Pipe | TransportKind::Fifo => {
-            let (cmd_r, cmd_w) = kind.open(kvm, buf, false);
-            let (resp_r, resp_w) = kind.open(kvm, buf, false);
+            let (cmd_r, cmd_w) = kvm.open_transport(kind, buf, false);
+            let (resp_r, resp_w) = kvm.open_transport(kind, buf, false);
             ChannelFds { kernel_read: resp_r, kernel_write: cmd_w, device_read: cmd_r, device_write: resp_w }
         }
     })
@@ -278,7 +278,7 @@ fn register(kvm: &Kvm, channels: &HashMap<String, ChannelFds>, region: &Step) ->
         flags |= KVM_IOREGION_POSTED_WRITES;
     }
     let (guest_paddr, memory_size, user_data) = (*addr, *size, *user_data);
-    ok_or_errno(if kvm.knobs().transport == Transport::IoregionfdObject {
+    ok_or_errno(if kvm.knobs().region_fds == RegionFds::IoregionfdObject {
         let args = KvmIoregionSeed { guest_paddr, memory_size, user_data, fd: c.kernel_write, flags, pad: [0; 32] };
         kvm.set_ioregion_seed(*vm, &args)
     } else {
@@ -291,7 +291,7 @@ fn register(kvm: &Kvm, channels: &HashMap<String, ChannelFds>, region: &Step) ->
 /// Removes a region in the design's form (seed: fd -1; else DEASSIGN).
 fn deassign(kvm: &Kvm, vm: usize, bus: BusKind, addr: u64, size: u64) -> String {
     let pio = if bus == BusKind::Pio { KVM_IOREGION_PIO } else { 0 };
-    ok_or_errno(if kvm.knobs().transport == Transport::IoregionfdObject {
+    ok_or_errno(if kvm.knobs().region_fds == RegionFds::IoregionfdObject {
         let args =
             KvmIoregionSeed { guest_paddr: addr, memory_size: size, user_data: 0, fd: -1, flags: pio, pad: [0; 32] };
         kvm.set_ioregion_seed(vm, &args)
@@ -357,7 +357,7 @@ fn setup_line(
         }
         Step::Access { vm: Some(vm), access, .. } => {
             let vm = kvm.vm(*vm).ok_or("no such VM")?;
-            let vcpu = Vcpu::new(vm.id(), SETUP_VCPU_BASE + *setup_vcpus, true);
+            let vcpu = Vcpu::sequential(vm.id(), SETUP_VCPU_BASE + *setup_vcpus);
             *setup_vcpus += 1;
             let pump = || kvm.pump();
             let out = vm.access_on(

@@ -2114,7 +2114,7 @@ impl Sut {
             }
             Op::Read { vm, bus, addr, len } => Obs::Access(convert(kvm.access(vm, bus, addr, len, None))),
             Op::Transport { kind, nonblock, buf } => {
-                let (a, b) = kind.open(kvm, buf, nonblock);
+                let (a, b) = kvm.open_transport(kind, buf, nonblock);
                 Obs::Fds(a, b)
             }
             Op::Ioregionfd => Obs::Fd(kvm.ioregionfd()),
