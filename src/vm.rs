@@ -454,21 +454,28 @@ impl Vm {
     /// ```
     pub fn kvm_run(&self, a: AccessCtx<'_>, next: Option<GuestAccess>) -> AccessOutcome {
         let vcpu = a.vcpu;
-        let outcome = match vcpu.pending() {
-            Some(p) => self.complete_pending(a, p),
-            None => match next {
-                Some(acc) => {
-                    vcpu.begin_access();
-                    let o = self.guest(a, acc);
-                    if o == AccessOutcome::Interrupted {
-                        vcpu.set_pending(Some(acc));
-                    }
-                    o
+        let outcome = match (vcpu.pending(), next) {
+            (Some(p), _) => self.complete_pending(a, p),
+            (None, Some(acc)) => {
+                vcpu.begin_access();
+                let o = self.guest(a, acc);
+                if o == AccessOutcome::Interrupted {
+                    vcpu.set_pending(Some(acc));
                 }
-                None => AccessOutcome::Interrupted,
-            },
+                o
+            }
+            (None, None) => AccessOutcome::Interrupted,
         };
-        let outcome = if self.knobs.forced_eintr_reads_run_page
+        let outcome = self.forced_eintr(vcpu, outcome);
+        self.return_to_userspace(vcpu, &outcome);
+        outcome
+    }
+
+    /// rfc-v3 ([`Knobs::forced_eintr_reads_run_page`]): with an interrupted access saved, a
+    /// `run->exit_reason` that reads `KVM_EXIT_INTR` makes `KVM_RUN` return `-EINTR` whatever the
+    /// access did.
+    fn forced_eintr(&self, vcpu: &Vcpu, outcome: AccessOutcome) -> AccessOutcome {
+        if self.knobs.forced_eintr_reads_run_page
             && vcpu.is_interrupted()
             && vcpu.exit_reason() == crate::vcpu::KVM_EXIT_INTR
             && !matches!(outcome, AccessOutcome::Interrupted | AccessOutcome::Blocked(_))
@@ -477,33 +484,34 @@ impl Vm {
                 Some(self.id()),
                 format_args!("vcpu{} KVM_RUN forces -EINTR (run->exit_reason reads KVM_EXIT_INTR)", vcpu.id()),
             );
-            AccessOutcome::Interrupted
-        } else {
-            outcome
-        };
-        // Back in userspace, the thread runs the handlers of its pending signals (SIGPIPE too).
+            return AccessOutcome::Interrupted;
+        }
+        outcome
+    }
+
+    /// `KVM_RUN` returns: the thread runs its pending signals' handlers (`SIGPIPE` too), the run
+    /// page gets the exit reason, and (ghost) the access is recorded as ended where it ended.
+    fn return_to_userspace(&self, vcpu: &Vcpu, outcome: &AccessOutcome) {
         if !matches!(outcome, AccessOutcome::Blocked(_)) {
             vcpu.clear_signal();
         }
-        match &outcome {
+        match outcome {
             AccessOutcome::Interrupted => vcpu.set_exit_reason(crate::vcpu::KVM_EXIT_INTR),
             AccessOutcome::Exit(e @ (KvmExit::Mmio { .. } | KvmExit::Io { .. })) => {
                 vcpu.set_exit_reason(exit_reason_of(e))
             }
             _ => {}
         }
-        match &outcome {
-            AccessOutcome::Handled(HandledBy::Ioregion { .. }) => self.io.rec.ended(vcpu.current_tag(), Ended::Device),
-            AccessOutcome::Exit(KvmExit::IoregionFailure { .. }) => {
-                self.io.rec.ended(vcpu.current_tag(), Ended::Unknown)
-            }
-            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => {
-                self.io.rec.ended(vcpu.current_tag(), Ended::Userspace)
-            }
-            _ => {}
+        let ended = match outcome {
+            AccessOutcome::Handled(HandledBy::Ioregion { .. }) => Some(Ended::Device),
+            AccessOutcome::Exit(KvmExit::IoregionFailure { .. }) => Some(Ended::Unknown),
+            AccessOutcome::Handled(_) | AccessOutcome::Exit(_) => Some(Ended::Userspace),
+            _ => None,
+        };
+        if let Some(how) = ended {
+            self.io.rec.ended(vcpu.current_tag(), how);
         }
         self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN returns {outcome}", vcpu.id()));
-        outcome
     }
 
     fn guest(&self, a: AccessCtx<'_>, acc: GuestAccess) -> AccessOutcome {
@@ -513,63 +521,70 @@ impl Vm {
 
     /// Completes the access an interrupted KVM_RUN left pending, as the design does.
     fn complete_pending(&self, a: AccessCtx<'_>, p: GuestAccess) -> AccessOutcome {
-        let vcpu = a.vcpu;
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN completes the pending {p}", vcpu.id()));
+        self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN completes the pending {p}", a.vcpu.id()));
         match self.knobs.on_resume {
-            ResumeRule::RedispatchAddress => {
-                // complete_ioregion_mmio / complete_ioregion_pio: dispatch the saved address again.
-                let exit = exit_of(p, "");
-                let mut data = p.value.unwrap_or(0).to_le_bytes();
-                let bus = self.io.bus(p.bus);
-                let result = {
-                    let reader = self.io.srcu.read_lock();
-                    match p.value {
-                        Some(_) => bus.write(&reader, &self.ctx(&a), p.addr, &data[..p.len]),
-                        None => bus.read(&reader, &self.ctx(&a), p.addr, &mut data[..p.len]),
-                    }
-                };
-                match result {
-                    Ok(h) => {
-                        vcpu.set_pending(None);
-                        self.finish(Ok(h), &a, exit)
-                    }
-                    Err(Errno::EOPNOTSUPP | Errno::ENOMEM) => {
-                        // The made-up exit fills in the run page (`exit_reason` included) and
-                        // returns to userspace. Nothing consumed the saved state: it stays
-                        // "interrupted" for the vCPU's next ioregion access.
-                        vcpu.set_pending(None);
-                        self.io.rec.event(
-                            Some(self.id()),
-                            format_args!("vcpu{}: no ioregion takes {p} now: made-up exit", vcpu.id()),
-                        );
-                        vcpu.set_exit_reason(exit_reason_of(&exit));
-                        let outcome = AccessOutcome::Exit(exit);
-                        self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
-                        outcome
-                    }
-                    Err(e) if vcpu.blocked().is_none() && !vcpu.is_interrupted() => AccessOutcome::RunError(e),
-                    Err(e) => self.finish(Err(e), &a, exit),
-                }
-            }
-            ResumeRule::SameTransaction => {
-                let saved = vcpu.take_saved();
-                vcpu.set_pending(None);
-                let o = match saved {
-                    Some(s) if s.step == crate::vcpu::Step::GetReply && s.txn.is_some() => {
-                        let mut data = s.value.to_le_bytes();
-                        let txn = s.txn.clone().expect("transaction");
-                        let r = crate::region::continue_transaction(&self.ctx(&a), &s, &mut data[..s.len]);
-                        let exit = exit_of(p, "");
-                        self.finish(r.map(|()| txn.region.handled_by(s.addr, &data[..s.len], !s.is_read)), &a, exit)
-                    }
-                    _ => self.guest(a, p),
-                };
-                if o == AccessOutcome::Interrupted {
-                    vcpu.set_pending(Some(p));
-                }
-                o
-            }
+            ResumeRule::RedispatchAddress => self.complete_redispatch(a, p),
+            ResumeRule::SameTransaction => self.complete_transaction(a, p),
         }
+    }
+
+    /// rfc-v3's `complete_ioregion_mmio` / `complete_ioregion_pio`: dispatch the saved address
+    /// again; if no ioregion takes it now, a made-up exit.
+    fn complete_redispatch(&self, a: AccessCtx<'_>, p: GuestAccess) -> AccessOutcome {
+        let vcpu = a.vcpu;
+        let exit = exit_of(p, "");
+        let mut data = p.value.unwrap_or(0).to_le_bytes();
+        let bus = self.io.bus(p.bus);
+        let result = {
+            let reader = self.io.srcu.read_lock();
+            match p.value {
+                Some(_) => bus.write(&reader, &self.ctx(&a), p.addr, &data[..p.len]),
+                None => bus.read(&reader, &self.ctx(&a), p.addr, &mut data[..p.len]),
+            }
+        };
+        match result {
+            Ok(h) => {
+                vcpu.set_pending(None);
+                self.finish(Ok(h), &a, exit)
+            }
+            Err(Errno::EOPNOTSUPP | Errno::ENOMEM) => {
+                // The made-up exit fills in the run page (`exit_reason` included) and returns to
+                // userspace. Nothing consumed the saved state: it stays "interrupted" for the
+                // vCPU's next ioregion access.
+                vcpu.set_pending(None);
+                self.io
+                    .rec
+                    .event(Some(self.id()), format_args!("vcpu{}: no ioregion takes {p} now: made-up exit", vcpu.id()));
+                vcpu.set_exit_reason(exit_reason_of(&exit));
+                let outcome = AccessOutcome::Exit(exit);
+                self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
+                outcome
+            }
+            Err(e) if vcpu.blocked().is_none() && !vcpu.is_interrupted() => AccessOutcome::RunError(e),
+            Err(e) => self.finish(Err(e), &a, exit),
+        }
+    }
+
+    /// seed and proposed: a transaction saved while it waited for its response continues on its
+    /// own region; anything else (nothing sent yet) starts afresh.
+    fn complete_transaction(&self, a: AccessCtx<'_>, p: GuestAccess) -> AccessOutcome {
+        let vcpu = a.vcpu;
+        let saved = vcpu.take_saved();
+        vcpu.set_pending(None);
+        let o = match saved {
+            Some(s) if s.step == crate::vcpu::Step::GetReply && s.txn.is_some() => {
+                let mut data = s.value.to_le_bytes();
+                let txn = s.txn.clone().expect("transaction");
+                let r = crate::region::continue_transaction(&self.ctx(&a), &s, &mut data[..s.len]);
+                let exit = exit_of(p, "");
+                self.finish(r.map(|()| txn.region.handled_by(s.addr, &data[..s.len], !s.is_read)), &a, exit)
+            }
+            _ => self.guest(a, p),
+        };
+        if o == AccessOutcome::Interrupted {
+            vcpu.set_pending(Some(p));
+        }
+        o
     }
 
     /// Destroys `vcpu` (`kvm_vcpu_destroy`), as VM destruction does for each vCPU after the VM's

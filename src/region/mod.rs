@@ -675,13 +675,7 @@ impl KvmIo<RegionLists> {
         if args.memory_size == 0 || args.guest_paddr.checked_add(args.memory_size).is_none() {
             return Err(Errno::EINVAL);
         }
-        let file = (host.fget)(args.fd)?;
-        let FileKind::Ioregionfd(obj) = file.kind() else {
-            file.put(&self.rec);
-            return Err(Errno::EINVAL);
-        };
-        let obj = obj.clone();
-        file.put(&self.rec);
+        let obj = self.seed_object(host, args.fd)?;
         let ctx = host.contexts.for_object(&obj, &self.rec);
         let params = RegionParams {
             user_data: args.user_data,
@@ -695,35 +689,68 @@ impl KvmIo<RegionLists> {
         if let Some(existing) =
             slots.ext.on(bus).iter().find(|r| r.paddr == args.guest_paddr && r.size == args.memory_size)
         {
-            let old = std::mem::replace(&mut *existing.params.lock(), params);
-            self.rec.event(Some(self.vm), format_args!("modify {existing:?} user_data {:#x}", args.user_data));
-            if let Some(c) = old.ctx {
-                c.put(&self.rec);
-            }
-            Self::drop_on_last_close(self, &obj, existing);
+            self.modify_seed_region(existing, params, &obj);
             return Ok(());
         }
-        let (start, end) = (args.guest_paddr, args.guest_paddr + args.memory_size);
-        if slots.ext.on(bus).iter().any(|r| r.paddr < start && end < r.paddr + r.size) {
+        let result = self.register_seed_region(&mut slots, host, knobs, args, bus, params, &obj);
+        if result.is_err() {
             drop(slots);
             ctx.put(&self.rec);
+        }
+        result
+    }
+
+    /// seed: the ioregionfd object behind `fd` (`EINVAL` for any other kind of file); the file's
+    /// reference is dropped again, the object lives on in the region.
+    fn seed_object(&self, host: &Host<'_>, fd: i32) -> Result<Arc<IoregionfdObject>, Errno> {
+        let file = (host.fget)(fd)?;
+        let obj = match file.kind() {
+            FileKind::Ioregionfd(obj) => Ok(obj.clone()),
+            _ => Err(Errno::EINVAL),
+        };
+        file.put(&self.rec);
+        obj
+    }
+
+    /// seed's "modify": a region with this exact address and size gets the new parameters in
+    /// place (its old context reference is put).
+    fn modify_seed_region(
+        self: &Arc<Self>,
+        existing: &Arc<Ioregion>,
+        params: RegionParams,
+        obj: &Arc<IoregionfdObject>,
+    ) {
+        let user_data = params.user_data;
+        let old = std::mem::replace(&mut *existing.params.lock(), params);
+        self.rec.event(Some(self.vm), format_args!("modify {existing:?} user_data {user_data:#x}"));
+        if let Some(c) = old.ctx {
+            c.put(&self.rec);
+        }
+        Self::drop_on_last_close(self, obj, existing);
+    }
+
+    /// seed: a new region, refused (`EINVAL`) inside a bigger one; registered on the bus and
+    /// listed.
+    #[allow(clippy::too_many_arguments)]
+    fn register_seed_region(
+        self: &Arc<Self>,
+        slots: &mut SlotsGuard<'_, crate::bus::Locked<RegionLists>>,
+        host: &Host<'_>,
+        knobs: &Knobs,
+        args: &KvmIoregionSeed,
+        bus: BusKind,
+        params: RegionParams,
+        obj: &Arc<IoregionfdObject>,
+    ) -> Result<(), Errno> {
+        let (start, end) = (args.guest_paddr, args.guest_paddr + args.memory_size);
+        if slots.ext.on(bus).iter().any(|r| r.paddr < start && end < r.paddr + r.size) {
             return Err(Errno::EINVAL);
         }
         let region = self.new_region(*knobs, bus, args.guest_paddr, args.memory_size, params, host.contexts.next_id());
-        if let Err(e) = self.bus(bus).register_dev(
-            &slots,
-            &self.srcu,
-            &self.rec,
-            args.guest_paddr,
-            args.memory_size as i32,
-            region.clone(),
-        ) {
-            drop(slots);
-            ctx.put(&self.rec);
-            return Err(e);
-        }
+        let len = args.memory_size as i32;
+        self.bus(bus).register_dev(slots, &self.srcu, &self.rec, args.guest_paddr, len, region.clone())?;
         self.rec.event(Some(self.vm), format_args!("register {region:?} user_data {:#x}", args.user_data));
-        Self::drop_on_last_close(self, &obj, &region);
+        Self::drop_on_last_close(self, obj, &region);
         slots.ext.lists[bus.index()].push(region);
         Ok(())
     }

@@ -465,29 +465,40 @@ impl<'a> Txn<'a> {
                 return Err(Err(Errno::EINTR));
             }
             if vcpu.signal_pending() && (!self.transactional() || got == 0) && !self.error_wins(t) {
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
-                match &self.p.ctx {
-                    Some(c)
-                        if self.transactional()
-                            && self.knobs.interrupted_reply == InterruptedReply::NextOwnerCollects =>
-                    {
-                        self.park(c)
-                    }
-                    _ if self.transactional() => self.save_transaction(Step::GetReply),
-                    // rfc-v3: the bytes already read are dropped.
-                    _ => vcpu.save(self.saved(Step::GetReply, None)),
-                }
+                self.interrupted_in_get_reply(got);
                 return Err(Err(Errno::EINTR));
             }
             if self.knobs.short_transfer != ShortTransfer::Continue || now == 0 {
-                vcpu.sent_unanswered.store(true, Ordering::Release);
-                let e = v3_error(if got > 0 { Transfer::Done(got) } else { t });
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.id));
-                self.unlock();
-                return Err(Err(e));
+                return Err(Err(self.get_reply_failed(t, got)));
             }
         }
         Ok(self.check_reply(buf, &from))
+    }
+
+    /// A signal in GET_REPLY (before the first byte in the transactional designs): proposed parks
+    /// the transaction, seed saves it with its references, rfc-v3 saves `{address, step}` and
+    /// drops the bytes already read.
+    fn interrupted_in_get_reply(&self, got: usize) {
+        let vcpu = self.vcpu;
+        self.ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
+        match &self.p.ctx {
+            Some(c) if self.transactional() && self.knobs.interrupted_reply == InterruptedReply::NextOwnerCollects => {
+                self.park(c)
+            }
+            _ if self.transactional() => self.save_transaction(Step::GetReply),
+            _ => vcpu.save(self.saved(Step::GetReply, None)),
+        }
+    }
+
+    /// GET_REPLY ends without a whole response (a short transfer the design does not continue,
+    /// end of file, an error): the command was sent and will not be answered.
+    fn get_reply_failed(&self, t: Transfer, got: usize) -> Errno {
+        let vcpu = self.vcpu;
+        vcpu.sent_unanswered.store(true, Ordering::Release);
+        let e = v3_error(if got > 0 { Transfer::Done(got) } else { t });
+        self.ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.id));
+        self.unlock();
+        e
     }
 
     /// Checks a whole response against the access (`route`, `isolation` on its ghost tags;
@@ -568,6 +579,27 @@ fn v3_error(t: Transfer) -> Errno {
     }
 }
 
+/// rfc-v3: an interrupted access jumps straight to its saved step, the context's lock still
+/// held, on whatever region its address dispatches to now (`resume` if that is another region).
+fn rfc_v3_resume(
+    ctx: &DispatchCtx<'_>,
+    vcpu: &IoregionVcpu,
+    region: &Ioregion,
+    knobs: &Knobs,
+) -> Option<SavedIoregion> {
+    let s = match knobs.on_resume {
+        ResumeRule::RedispatchAddress => vcpu.take_saved()?,
+        ResumeRule::SameTransaction => return None,
+    };
+    ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} resumes {:#x} at {:?} on {region:?}", vcpu.id, s.addr, s.step));
+    if s.region_id != region.id() {
+        let text =
+            format!("{} was interrupted on ioregion#{} and resumes at {:?} on {region:?}", s.tag, s.region_id, s.step);
+        ctx.rec.violation(&crate::invariants::RESUME, text);
+    }
+    Some(s)
+}
+
 /// Dispatches one access to `region` (the ioregion device's read and write ops).
 pub(super) fn ioregion_access(
     ctx: &DispatchCtx<'_>,
@@ -584,22 +616,7 @@ pub(super) fn ioregion_access(
         value[..data.len()].copy_from_slice(data);
     }
 
-    // rfc-v3: an interrupted access jumps straight to its saved step, lock still held.
-    let resumed = match knobs.on_resume {
-        ResumeRule::RedispatchAddress => vcpu.take_saved(),
-        ResumeRule::SameTransaction => None,
-    };
-    if let Some(s) = &resumed {
-        ctx.rec
-            .event(Some(vcpu.vm), format_args!("vcpu{} resumes {:#x} at {:?} on {region:?}", vcpu.id, s.addr, s.step));
-        if s.region_id != region.id() {
-            let text = format!(
-                "{} was interrupted on ioregion#{} and resumes at {:?} on {region:?}",
-                s.tag, s.region_id, s.step
-            );
-            ctx.rec.violation(&crate::invariants::RESUME, text);
-        }
-    }
+    let resumed = rfc_v3_resume(ctx, vcpu, region, &knobs);
     let Some(cmd) = region.command(is_write, addr, data, &p) else {
         if resumed.is_none() {
             return Err(Errno::EOPNOTSUPP);
