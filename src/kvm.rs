@@ -387,8 +387,7 @@ impl Kvm {
             .filter(|c| c.is_live() && c.owned_by(who))
             .map(|c| {
                 let text = format!(
-                    "vcpu{} of vm{} stops calling KVM_RUN while it owns {c}: every later access on that channel waits for it",
-                    who.vcpu, who.vm
+                    "{who} stops calling KVM_RUN while it owns {c}: every later access on that channel waits for it"
                 );
                 (&crate::invariants::LIVENESS, text)
             })

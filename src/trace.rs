@@ -190,14 +190,32 @@ impl Recorder {
         self.0.with(|log| log.events.clone())
     }
 
+    /// A scenario's setup is over: the violations recorded so far are setup findings, which the
+    /// verdict does not count (a row judges what its threads do). Their trace lines say so, and
+    /// one more event says where the setup ended; returns how many there were.
+    pub fn end_setup(&self) -> usize {
+        let found = self.0.with(|log| {
+            for e in log.events.iter_mut() {
+                if let Some(rest) = e.what.strip_prefix("VIOLATION ") {
+                    e.what = format!("setup finding (not in the verdict) {rest}");
+                }
+            }
+            log.violations.len()
+        });
+        if found > 0 {
+            self.event(None, format_args!("end of setup: the {found} setup finding(s) above are not in the verdict"));
+        }
+        found
+    }
+
     /// The trace, one numbered line per event.
     pub fn format_trace(&self) -> String {
         self.0.with(|log| log.events.iter().map(|e| format!("{e}\n")).collect())
     }
 }
 
-/// Which vCPU of which VM (`who` in the lock and ownership records).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Which vCPU of which VM (`who` in the lock and ownership records), printed `vm0 vcpu1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VcpuId {
     /// The VM's number.
     pub vm: usize,
@@ -205,17 +223,50 @@ pub struct VcpuId {
     pub vcpu: usize,
 }
 
-/// Printed as the `(vm, vcpu)` pair the traces have always shown.
-impl fmt::Debug for VcpuId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "({}, {})", self.vm, self.vcpu)
-    }
-}
-
 impl fmt::Display for VcpuId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "vm{} vcpu{}", self.vm, self.vcpu)
     }
+}
+
+/// A list of vCPUs as the trace prints it: `vm0 vcpu0, vm0 vcpu1`, or `nobody`.
+pub fn vcpu_list(ids: &[VcpuId]) -> String {
+    if ids.is_empty() {
+        return "nobody".into();
+    }
+    ids.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+thread_local! {
+    /// Ghost: what each model thread is blocked on, by thread name. loom and shuttle run all the
+    /// threads of an execution on one OS thread, so this table sees all of them; a checker prints
+    /// it when an execution deadlocks ([`blocked_threads`]).
+    static BLOCKED: std::cell::RefCell<std::collections::BTreeMap<String, String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// Ghost: the current thread is about to wait for `what` (`context#1, held by vm0 vcpu0`).
+pub fn blocked(what: impl fmt::Display) {
+    BLOCKED.with(|b| b.borrow_mut().insert(thread_name(), what.to_string()));
+}
+
+/// Ghost: the current thread's wait is over. Nothing changes while a panic unwinds (a deadlocked
+/// execution's threads are unwound after the checker gives up; the table must still say what
+/// they waited for).
+pub fn unblocked() {
+    if !std::thread::panicking() {
+        BLOCKED.with(|b| b.borrow_mut().remove(&thread_name()));
+    }
+}
+
+/// Every blocked thread of this OS thread's checker and what it waits for, by thread name.
+pub fn blocked_threads() -> Vec<(String, String)> {
+    BLOCKED.with(|b| b.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// Forgets every blocked thread (a checker starting a new execution).
+pub fn clear_blocked() {
+    BLOCKED.with(|b| b.borrow_mut().clear());
 }
 
 /// Ghost identity of the access a message belongs to (the wire protocol has no tags; the model

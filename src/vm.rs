@@ -392,7 +392,9 @@ impl Vm {
     /// A guest MMIO write (`vcpu_mmio_write`, one chunk of at most 8 bytes), inside an SRCU read
     /// section.
     pub fn mmio_write(&self, a: AccessCtx<'_>, addr: u64, data: &[u8]) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} write mmio {addr:#x} len {}", a.vcpu.id(), data.len()));
+        self.io
+            .rec
+            .event(Some(self.id()), format_args!("{} write mmio {addr:#x} len {}", a.vcpu.vcpu_id(), data.len()));
         let exit = KvmExit::Mmio { addr, len: data.len() as u32, data: pad8(data), is_write: true };
         let result = self.fast_mmio(&a, addr).unwrap_or_else(|| {
             let reader = self.io.srcu.read_lock();
@@ -403,7 +405,7 @@ impl Vm {
 
     /// A guest MMIO read (`vcpu_mmio_read`).
     pub fn mmio_read(&self, a: AccessCtx<'_>, addr: u64, len: usize) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} read mmio {addr:#x} len {len}", a.vcpu.id()));
+        self.io.rec.event(Some(self.id()), format_args!("{} read mmio {addr:#x} len {len}", a.vcpu.vcpu_id()));
         let exit = KvmExit::Mmio { addr, len: len as u32, data: [0; 8], is_write: false };
         let result = self.fast_mmio(&a, addr).unwrap_or_else(|| {
             let reader = self.io.srcu.read_lock();
@@ -415,7 +417,7 @@ impl Vm {
 
     /// A guest `out` (`kernel_pio`, count 1).
     pub fn pio_write(&self, a: AccessCtx<'_>, port: u16, data: &[u8]) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} out {port:#x} len {}", a.vcpu.id(), data.len()));
+        self.io.rec.event(Some(self.id()), format_args!("{} out {port:#x} len {}", a.vcpu.vcpu_id(), data.len()));
         let exit = KvmExit::Io { port, size: data.len() as u8, data: pad8(data), is_out: true };
         let result = {
             let reader = self.io.srcu.read_lock();
@@ -426,7 +428,7 @@ impl Vm {
 
     /// A guest `in` (`kernel_pio`, count 1).
     pub fn pio_read(&self, a: AccessCtx<'_>, port: u16, len: usize) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} in {port:#x} len {len}", a.vcpu.id()));
+        self.io.rec.event(Some(self.id()), format_args!("{} in {port:#x} len {len}", a.vcpu.vcpu_id()));
         let exit = KvmExit::Io { port, size: len as u8, data: [0; 8], is_out: false };
         let result = {
             let reader = self.io.srcu.read_lock();
@@ -482,7 +484,7 @@ impl Vm {
         {
             self.io.rec.event(
                 Some(self.id()),
-                format_args!("vcpu{} KVM_RUN forces -EINTR (run->exit_reason reads KVM_EXIT_INTR)", vcpu.id()),
+                format_args!("{} KVM_RUN forces -EINTR (run->exit_reason reads KVM_EXIT_INTR)", vcpu.vcpu_id()),
             );
             return AccessOutcome::Interrupted;
         }
@@ -511,7 +513,7 @@ impl Vm {
         if let Some(how) = ended {
             self.io.rec.ended(vcpu.current_tag(), how);
         }
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN returns {outcome}", vcpu.id()));
+        self.io.rec.event(Some(self.id()), format_args!("{} KVM_RUN returns {outcome}", vcpu.vcpu_id()));
     }
 
     fn guest(&self, a: AccessCtx<'_>, acc: GuestAccess) -> AccessOutcome {
@@ -521,7 +523,7 @@ impl Vm {
 
     /// Completes the access an interrupted KVM_RUN left pending, as the design does.
     fn complete_pending(&self, a: AccessCtx<'_>, p: GuestAccess) -> AccessOutcome {
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} KVM_RUN completes the pending {p}", a.vcpu.id()));
+        self.io.rec.event(Some(self.id()), format_args!("{} KVM_RUN completes the pending {p}", a.vcpu.vcpu_id()));
         match self.knobs.on_resume {
             ResumeRule::RedispatchAddress => self.complete_redispatch(a, p),
             ResumeRule::SameTransaction => self.complete_transaction(a, p),
@@ -552,9 +554,10 @@ impl Vm {
                 // userspace. Nothing consumed the saved state: it stays "interrupted" for the
                 // vCPU's next ioregion access.
                 vcpu.set_pending(None);
-                self.io
-                    .rec
-                    .event(Some(self.id()), format_args!("vcpu{}: no ioregion takes {p} now: made-up exit", vcpu.id()));
+                self.io.rec.event(
+                    Some(self.id()),
+                    format_args!("{}: no ioregion takes {p} now: made-up exit", vcpu.vcpu_id()),
+                );
                 vcpu.set_exit_reason(exit_reason_of(&exit));
                 let outcome = AccessOutcome::Exit(exit);
                 self.io.rec.event(Some(self.id()), format_args!("-> {outcome}"));
@@ -603,7 +606,7 @@ impl Vm {
     /// assert!(!vcpu.is_interrupted());
     /// ```
     pub fn destroy_vcpu(&self, vcpu: &Vcpu) {
-        self.io.rec.event(Some(self.id()), format_args!("vcpu{} destroyed", vcpu.id()));
+        self.io.rec.event(Some(self.id()), format_args!("{} destroyed", vcpu.vcpu_id()));
         vcpu.set_pending(None);
         if let Some(saved) = vcpu.take_saved() {
             crate::region::abandon(&self.ctx(&AccessCtx { vcpu, pump: None }), &saved);

@@ -156,7 +156,7 @@ fd 3 4
 ok
 violation lifetime: reference taken on context#1 whose count is 0
 ok
-violation overlap: vm0: ioregion#2(mmio 0x1000 size 0x8) and ioregion#3(mmio 0x1007 size 0x8) overlap
+violation overlap: vm0: ioregion#1(mmio 0x1000 size 0x8) and ioregion#2(mmio 0x1007 size 0x8) overlap
 err EEXIST
 ok
 ioregion 0x1 write 0x7 1 0x77
@@ -206,12 +206,12 @@ eventfd 5
 ok
 violation lifetime: reference taken on context#1 whose count is 0
 ok
-violation overlap: vm0: ioregion#2(mmio 0x1000 size 0x8) and ioeventfd(mmio 0x1007 len 4 -> eventfd 5) overlap
+violation overlap: vm0: ioregion#1(mmio 0x1000 size 0x8) and ioeventfd(mmio 0x1007 len 4 -> eventfd 5) overlap
 err EEXIST
 ok
 ok
-violation lifetime: reference taken on context#3 whose count is 0
-violation overlap: vm0: ioregion#4(pio 0x63 size 0x4) and ioeventfd(pio 0x60 len 4 -> eventfd 5) overlap
+violation lifetime: reference taken on context#2 whose count is 0
+violation overlap: vm0: ioregion#2(pio 0x63 size 0x4) and ioeventfd(pio 0x60 len 4 -> eventfd 5) overlap
 err EEXIST
 ok
 eventfd 5
@@ -306,7 +306,7 @@ ok
 ok
 ok
 violation lifetime: reference taken on file#1 (pipe read end, inode tmpfs:100) whose count is 0
-violation lifetime: reference taken on context#4 whose count is 0
+violation lifetime: reference taken on context#2 whose count is 0
 exit mmio 0x3000 4 0x1
 violation lifetime: use of file#1 (pipe read end, inode tmpfs:100) after it was destroyed or freed
 ",
@@ -441,7 +441,7 @@ fd 3 4
 ok
 violation lifetime: reference taken on context#1 whose count is 0
 ok
-violation lifetime: reference taken on context#3 whose count is 0
+violation lifetime: reference taken on context#2 whose count is 0
 blocked
 ok
 ioregion 0x2 read 0x0 4 0x0
@@ -472,7 +472,7 @@ fd 3 4
 ok
 violation lifetime: reference taken on context#1 whose count is 0
 ok
-violation lifetime: reference taken on context#3 whose count is 0
+violation lifetime: reference taken on context#2 whose count is 0
 blocked
 ok
 ioregion 0x2 read 0x0 4 0x0
@@ -507,7 +507,7 @@ fd 3 4
 ok
 violation lifetime: reference taken on context#1 whose count is 0
 ok
-violation lifetime: reference taken on context#3 whose count is 0
+violation lifetime: reference taken on context#2 whose count is 0
 blocked
 ok
 ioregion 0x2 read 0x0 4 0x0
@@ -658,10 +658,10 @@ write 0 pio 0x1000 4 0x3
 fd 3 4
 ok
 violation lifetime: reference taken on context#1 whose count is 0
-violation bus: vm0: ioregion#2(mmio 0x1000 size 0x100000008) is on the mmio bus as [0x1000 len 8]
+violation bus: vm0: ioregion#1(mmio 0x1000 size 0x100000008) is on the mmio bus as [0x1000 len 8]
 ok
-violation lifetime: reference taken on context#3 whose count is 0
-violation bus: vm0: ioregion#4(pio 0x60 size 0x80000000) is on the pio bus as [0x60 len -2147483648]
+violation lifetime: reference taken on context#2 whose count is 0
+violation bus: vm0: ioregion#2(pio 0x60 size 0x80000000) is on the pio bus as [0x60 len -2147483648]
 ok
 ioregion 0x1 write 0x4 4 0x1
 exit mmio 0x1010 4 0x2
@@ -714,13 +714,13 @@ fd 3
 ok
 err EINVAL
 ok
-violation overlap: vm0: ioregion#2(mmio 0x1000 size 0x10) and ioregion#3(mmio 0x1008 size 0x10) overlap
+violation overlap: vm0: ioregion#1(mmio 0x1000 size 0x10) and ioregion#2(mmio 0x1008 size 0x10) overlap
 ok
-violation overlap: vm0: ioregion#2(mmio 0x1000 size 0x10) and ioregion#4(mmio 0xff0 size 0x40) overlap
-violation overlap: vm0: ioregion#3(mmio 0x1008 size 0x10) and ioregion#4(mmio 0xff0 size 0x40) overlap
+violation overlap: vm0: ioregion#1(mmio 0x1000 size 0x10) and ioregion#3(mmio 0xff0 size 0x40) overlap
+violation overlap: vm0: ioregion#2(mmio 0x1008 size 0x10) and ioregion#3(mmio 0xff0 size 0x40) overlap
 ok
 ok
-violation overlap: vm0: ioregion#5(pio 0x60 size 0x4) and ioregion#6(pio 0x62 size 0x4) overlap
+violation overlap: vm0: ioregion#4(pio 0x60 size 0x4) and ioregion#5(pio 0x62 size 0x4) overlap
 ok
 ioregion 0x1 write 0xc 4 0x5
 ioregion 0x1 read 0xc 4 0x5
@@ -784,10 +784,10 @@ fd 3
 eventfd 4
 ok
 ok
-violation overlap: vm0: ioregion#2(mmio 0x1000 size 0x8) and ioeventfd(mmio 0x1004 len 4 -> eventfd 4) overlap
+violation overlap: vm0: ioregion#1(mmio 0x1000 size 0x8) and ioeventfd(mmio 0x1004 len 4 -> eventfd 4) overlap
 ok
 ok
-violation overlap: vm0: ioregion#3(pio 0x60 size 0x4) and ioeventfd(pio 0x60 len 2 -> eventfd 4) overlap
+violation overlap: vm0: ioregion#2(pio 0x60 size 0x4) and ioeventfd(pio 0x60 len 2 -> eventfd 4) overlap
 ok
 ioregion 0x1 write 0x4 4 0x1
 eventfd 4
@@ -841,9 +841,9 @@ write 0 pio 0x1000 4 0x3
         "vm 0
 fd 3
 ok
-violation bus: vm0: ioregion#2(mmio 0x1000 size 0x100000008) is on the mmio bus as [0x1000 len 8]
+violation bus: vm0: ioregion#1(mmio 0x1000 size 0x100000008) is on the mmio bus as [0x1000 len 8]
 ok
-violation bus: vm0: ioregion#3(pio 0x60 size 0x80000000) is on the pio bus as [0x60 len -2147483648]
+violation bus: vm0: ioregion#2(pio 0x60 size 0x80000000) is on the pio bus as [0x60 len -2147483648]
 ok
 ioregion 0x1 write 0x4 4 0x1
 exit mmio 0x1010 4 0x2
@@ -1174,7 +1174,7 @@ fd 5 6
 ok
 violation lifetime: reference taken on context#1 whose count is 0
 ok
-violation lifetime: reference taken on context#3 whose count is 0
+violation lifetime: reference taken on context#2 whose count is 0
 ok
 exit mmio 0x2000 4
 ",

@@ -131,8 +131,14 @@ impl Srcu {
     pub fn synchronize(&self) {
         let mut s = self.state.lock();
         let closed = s.close_epoch();
+        let mut waited = false;
         while s.readers_up_to(closed) {
+            crate::trace::blocked("synchronize_srcu: SRCU readers that entered before it");
+            waited = true;
             self.changed.wait(&mut s);
+        }
+        if waited {
+            crate::trace::unblocked();
         }
     }
 
@@ -159,8 +165,14 @@ impl Srcu {
     #[track_caller]
     pub fn barrier(&self) {
         let mut s = self.state.lock();
+        let mut waited = false;
         while !s.callbacks.is_empty() {
+            crate::trace::blocked("srcu_barrier: queued SRCU callbacks");
+            waited = true;
             self.changed.wait(&mut s);
+        }
+        if waited {
+            crate::trace::unblocked();
         }
     }
 

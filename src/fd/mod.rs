@@ -286,8 +286,15 @@ impl File {
             return (Transfer::Failed(Errno::EBADF), Vec::new());
         }
         let t = match &self.kind {
-            FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => return rx.read_tagged(buf, self.nonblock, wait),
-            FileKind::Ioregionfd(obj) => return obj.cmd.read_tagged(buf, self.nonblock, wait),
+            FileKind::Socket { rx, .. } | FileKind::PipeRead(rx) => {
+                return traced_wait(rec, wait, &|| format!("data on {self}"), |w| {
+                    rx.read_tagged(buf, self.nonblock, w)
+                });
+            }
+            FileKind::Ioregionfd(obj) => {
+                let what = || format!("a command on {self}");
+                return traced_wait(rec, wait, &what, |w| obj.cmd.read_tagged(buf, self.nonblock, w));
+            }
             FileKind::Eventfd(ctx) if buf.len() >= 8 => {
                 let n = ctx.take();
                 if n == 0 {
@@ -316,12 +323,49 @@ impl File {
         if !self.life.check_use(rec, self) {
             return Transfer::Failed(Errno::EBADF);
         }
+        let what = || format!("room on {self}");
         match &self.kind {
-            FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => tx.write_tagged(buf, self.nonblock, wait, tag),
-            FileKind::Ioregionfd(obj) => obj.resp.write_tagged(buf, self.nonblock, wait, tag),
+            FileKind::Socket { tx, .. } | FileKind::PipeWrite(tx) => {
+                traced_wait(rec, wait, &what, |w| tx.write_tagged(buf, self.nonblock, w, tag))
+            }
+            FileKind::Ioregionfd(obj) => {
+                traced_wait(rec, wait, &what, |w| obj.resp.write_tagged(buf, self.nonblock, w, tag))
+            }
             _ => Transfer::Failed(Errno::EINVAL),
         }
     }
+}
+
+/// Runs a transfer with its sleeps in the trace: a channel asks `pending()` exactly when it is
+/// about to sleep, so the wrapper records "waits for `what`" then (and marks the thread blocked on
+/// it, for a deadlock report), and "the wait ... ends: a signal is pending" when a signal stops it.
+fn traced_wait<R>(
+    rec: &Recorder,
+    wait: &Wait<'_>,
+    what: &(dyn Fn() -> String + Sync),
+    transfer: impl FnOnce(&Wait<'_>) -> R,
+) -> R {
+    let Wait::Block { pending } = wait else { return transfer(wait) };
+    let sleeps = std::sync::atomic::AtomicUsize::new(0);
+    let traced = || {
+        let signalled = pending();
+        let n = sleeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let what = what();
+        if signalled {
+            crate::trace::unblocked();
+            rec.event(None, format_args!("the wait for {what} ends: a signal is pending"));
+        } else {
+            let again = if n > 0 { "woken, still " } else { "" };
+            rec.event(None, format_args!("{again}waits for {what}"));
+            crate::trace::blocked(what);
+        }
+        signalled
+    };
+    let result = transfer(&Wait::Block { pending: &traced });
+    if sleeps.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        crate::trace::unblocked();
+    }
+    result
 }
 
 /// The process fd table (`struct files_struct`), and the inode numbering of the modelled host.

@@ -5,7 +5,7 @@ use crate::errno::Errno;
 use crate::fd::channel::{Tag, Transfer, Wait};
 use crate::fd::{File, Inode, IoregionfdObject};
 use crate::sync::{Arc, Condvar, Mutex};
-use crate::trace::{Kref, Lifetime, Recorder, VcpuId};
+use crate::trace::{Kref, Lifetime, Recorder, VcpuId, vcpu_list};
 use crate::wire::MESSAGE_SIZE;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -52,6 +52,8 @@ struct LockState {
     busy: bool,
     /// Ghost: the vCPUs that believe they own the lock (two is an `exclusive` break).
     owners: Vec<VcpuId>,
+    /// Ghost: threads waiting on the side's wait queue (for the trace).
+    waiters: usize,
     /// Response side (proposed): the responses still to come on the channel for transactions
     /// that gave the side up (interrupted or abandoned), in command order; the next owner reads
     /// each before it sends, into its [`ParkedReply`] or (abandoned) nowhere.
@@ -251,6 +253,8 @@ impl Context {
         }
         let (state, wq) = self.side(side);
         let mut s = state.lock();
+        let what = if side == Side::Send { " for sending" } else { "" };
+        let mut waited = false;
         loop {
             if !s.busy {
                 break;
@@ -258,24 +262,43 @@ impl Context {
             match wait {
                 Wait::Never => return Err(LockError::WouldBlock),
                 Wait::Block { pending } if pending() => {
+                    crate::trace::unblocked();
+                    rec.event(Some(who.vm), format_args!("{who}'s wait for {self}{what} ends: a signal is pending"));
                     if takes_on_signal {
+                        rec.event(
+                            Some(who.vm),
+                            format_args!(
+                                "{who} marks {self}{what} busy anyway (ioregion_lock_ctx does not look at why its wait ended)"
+                            ),
+                        );
                         break;
                     }
                     return Err(LockError::Interrupted);
                 }
-                Wait::Block { .. } => wq.wait(&mut s),
+                Wait::Block { .. } => {
+                    let holders = vcpu_list(&s.owners);
+                    let again = if waited { "still busy: " } else { "" };
+                    rec.event(Some(who.vm), format_args!("{again}{who} waits for {self}{what}, held by {holders}"));
+                    crate::trace::blocked(format_args!("{self}{what}, held by {holders}"));
+                    waited = true;
+                    s.waiters += 1;
+                    wq.wait(&mut s);
+                    s.waiters -= 1;
+                }
             }
         }
+        if waited {
+            crate::trace::unblocked();
+        }
         s.busy = true;
-        let what = if side == Side::Send { " for sending" } else { "" };
         if !s.owners.is_empty() {
             rec.violation(
                 &crate::invariants::EXCLUSIVE,
-                format_args!("vcpu{} of vm{} takes {self}{what} while {:?} still owns it", who.vcpu, who.vm, s.owners),
+                format_args!("{who} takes {self}{what} while {} still owns it", vcpu_list(&s.owners)),
             );
         }
         s.owners.push(who);
-        rec.event(Some(who.vm), format_args!("vcpu{} takes {self}{what} (owners now {:?})", who.vcpu, s.owners));
+        rec.event(Some(who.vm), format_args!("{who} takes {self}{what} (owners now {})", vcpu_list(&s.owners)));
         Ok(())
     }
 
@@ -301,7 +324,9 @@ impl Context {
         s.busy = false;
         s.owners.retain(|o| *o != who);
         let what = if side == Side::Send { " for sending" } else { "" };
-        rec.event(Some(who.vm), format_args!("vcpu{} releases {self}{what}", who.vcpu));
+        let wakes =
+            if s.waiters > 0 { format!(" and wakes one of its {} waiter(s)", s.waiters) } else { String::new() };
+        rec.event(Some(who.vm), format_args!("{who} releases {self}{what}{wakes}"));
         wq.notify_one();
     }
 
@@ -315,10 +340,7 @@ impl Context {
         if owed > 0 {
             self.state.lock().owed.push_back(OwedReply { remaining: owed, slot: None });
         }
-        rec.event(
-            Some(who.vm),
-            format_args!("vcpu{} abandons its transaction on {self}: {owed} response bytes owed", who.vcpu),
-        );
+        rec.event(Some(who.vm), format_args!("{who} abandons its transaction on {self}: {owed} response bytes owed"));
         self.unlock(rec, who);
     }
 
@@ -331,10 +353,7 @@ impl Context {
         self.state.lock().owed.push_back(OwedReply { remaining: MESSAGE_SIZE, slot: Some(slot) });
         rec.event(
             Some(who.vm),
-            format_args!(
-                "vcpu{} parks its transaction on {self}: its response is collected by the next owner",
-                who.vcpu
-            ),
+            format_args!("{who} parks its transaction on {self}: its response is collected by the next owner"),
         );
         self.unlock(rec, who);
     }
@@ -384,10 +403,7 @@ impl Context {
                 }
                 drop(s);
                 let whom = if slot.is_some() { "for the transaction parked on it" } else { "(abandoned: discarded)" };
-                rec.event(
-                    Some(who.vm),
-                    format_args!("vcpu{} collects {n} response bytes owed on {self} {whom}", who.vcpu),
-                );
+                rec.event(Some(who.vm), format_args!("{who} collects {n} response bytes owed on {self} {whom}"));
                 Collect::Progress
             }
             Transfer::WouldBlock { .. } => Collect::WouldBlock,
@@ -401,7 +417,7 @@ impl Context {
                 }
                 rec.event(
                     Some(who.vm),
-                    format_args!("vcpu{}: {self} will not get the {} response(s) owed ({t:?})", who.vcpu, lost.len()),
+                    format_args!("{who}: {self} will not get the {} response(s) owed ({t:?})", lost.len()),
                 );
                 Collect::Progress
             }
@@ -449,9 +465,18 @@ pub struct ContextTable {
     /// Every context ever made, held (ghost) so that one the kernel would leak stays visible.
     all: Mutex<Vec<Arc<Context>>>,
     next_id: Mutex<u64>,
+    /// Ghost: the numbering of regions (`ioregion#N`), an id space of its own.
+    next_region_id: Mutex<u64>,
 }
 
 impl ContextTable {
+    /// The id of the next region made on the host.
+    pub(super) fn next_region_id(&self) -> u64 {
+        let mut n = self.next_region_id.lock();
+        *n += 1;
+        *n
+    }
+
     pub(super) fn next_id(&self) -> u64 {
         let mut n = self.next_id.lock();
         *n += 1;

@@ -622,7 +622,7 @@ impl KvmIo<RegionLists> {
             rfile: keep_rfile,
             send_ctx: refs.send_ctx.clone(),
         };
-        let id = host.contexts.next_id();
+        let id = host.contexts.next_region_id();
         let region = self.new_region(*knobs, bus, args.guest_paddr, args.memory_size, params, id);
         let len = args.memory_size as i32;
         self.bus(bus).register_dev(slots, &self.srcu, &self.rec, args.guest_paddr, len, region.clone())?;
@@ -746,7 +746,8 @@ impl KvmIo<RegionLists> {
         if slots.ext.on(bus).iter().any(|r| r.paddr < start && end < r.paddr + r.size) {
             return Err(Errno::EINVAL);
         }
-        let region = self.new_region(*knobs, bus, args.guest_paddr, args.memory_size, params, host.contexts.next_id());
+        let region =
+            self.new_region(*knobs, bus, args.guest_paddr, args.memory_size, params, host.contexts.next_region_id());
         let len = args.memory_size as i32;
         self.bus(bus).register_dev(slots, &self.srcu, &self.rec, args.guest_paddr, len, region.clone())?;
         self.rec.event(Some(self.vm), format_args!("register {region:?} user_data {:#x}", args.user_data));

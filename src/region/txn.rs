@@ -212,7 +212,10 @@ impl<'a> Txn<'a> {
                     return Err(Errno::EINTR);
                 }
                 Collect::Interrupted => {
-                    rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted collecting what {c} is owed", vcpu.id));
+                    rec.event(
+                        Some(vcpu.vm),
+                        format_args!("{} interrupted collecting what {c} is owed", vcpu.vcpu_id()),
+                    );
                     self.unlock();
                     vcpu.save(self.saved(Step::NotStarted, None));
                     return Err(Errno::EINTR);
@@ -242,7 +245,7 @@ impl<'a> Txn<'a> {
         for attempt in 0..2 {
             match slot.collected() {
                 Collected::Reply(buf, tags) => {
-                    rec.event(Some(vcpu.vm), format_args!("vcpu{} finds its response collected", vcpu.id));
+                    rec.event(Some(vcpu.vm), format_args!("{} finds its response collected", vcpu.vcpu_id()));
                     return Ok((buf, tags));
                 }
                 Collected::Lost => break,
@@ -281,7 +284,7 @@ impl<'a> Txn<'a> {
             c.unlock(rec, self.who());
         }
         vcpu.sent_unanswered.store(true, Ordering::Release);
-        rec.event(Some(vcpu.vm), format_args!("vcpu{}: its parked response will not come", vcpu.id));
+        rec.event(Some(vcpu.vm), format_args!("{}: its parked response will not come", vcpu.vcpu_id()));
         Err(Err(Errno::EIO))
     }
 
@@ -384,6 +387,9 @@ impl<'a> Txn<'a> {
     /// SEND_CMD with the command channel to ourselves.
     fn send_locked(&self, mut moved: usize) -> Option<Result<(), Errno>> {
         let (vcpu, rec) = (self.vcpu, self.ctx.rec);
+        let cmd = crate::wire::Command::decode(self.knobs.wire, &self.command).ok();
+        let cmd = cmd.map_or_else(|| "?".to_string(), |c| c.to_string());
+        rec.event(Some(vcpu.vm), format_args!("{} SEND_CMD {cmd} to {:?}", vcpu.vcpu_id(), self.p.cmd));
         let interruptible = || vcpu.signal_pending();
         let uninterrupted = || false;
         loop {
@@ -403,12 +409,18 @@ impl<'a> Txn<'a> {
                 return None;
             }
             if let Transfer::WouldBlock { moved: m } = t {
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} blocks in SEND_CMD after {} bytes", vcpu.id, moved + m));
+                rec.event(
+                    Some(vcpu.vm),
+                    format_args!("{} blocks in SEND_CMD after {} bytes", vcpu.vcpu_id(), moved + m),
+                );
                 vcpu.block(format!("vcpu{} blocks sending its command", vcpu.id));
                 return Some(Err(Errno::EINTR));
             }
             if vcpu.signal_pending() && (!self.transactional() || moved == 0) && !self.error_wins(t) {
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in SEND_CMD after {moved} bytes", vcpu.id));
+                rec.event(
+                    Some(vcpu.vm),
+                    format_args!("{} interrupted in SEND_CMD after {moved} bytes", vcpu.vcpu_id()),
+                );
                 if self.transactional() {
                     // Nothing sent: the access starts afresh on the next KVM_RUN.
                     self.unlock();
@@ -422,7 +434,7 @@ impl<'a> Txn<'a> {
                 self.knobs.short_transfer == ShortTransfer::Continue && matches!(t, Transfer::Done(n) if n > 0);
             if !short_ok {
                 let e = v3_error(t);
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} SEND_CMD fails ({t:?}): {e}", vcpu.id));
+                rec.event(Some(vcpu.vm), format_args!("{} SEND_CMD fails ({t:?}): {e}", vcpu.vcpu_id()));
                 self.unlock();
                 return Some(Err(e));
             }
@@ -460,7 +472,7 @@ impl<'a> Txn<'a> {
                 break;
             }
             if let Transfer::WouldBlock { .. } = t {
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} blocks in GET_REPLY after {got} bytes", vcpu.id));
+                rec.event(Some(vcpu.vm), format_args!("{} blocks in GET_REPLY after {got} bytes", vcpu.vcpu_id()));
                 vcpu.block(format!("vcpu{} waits for a response nobody will send", vcpu.id));
                 return Err(Err(Errno::EINTR));
             }
@@ -480,7 +492,9 @@ impl<'a> Txn<'a> {
     /// drops the bytes already read.
     fn interrupted_in_get_reply(&self, got: usize) {
         let vcpu = self.vcpu;
-        self.ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} interrupted in GET_REPLY after {got} bytes", vcpu.id));
+        self.ctx
+            .rec
+            .event(Some(vcpu.vm), format_args!("{} interrupted in GET_REPLY after {got} bytes", vcpu.vcpu_id()));
         match &self.p.ctx {
             Some(c) if self.transactional() && self.knobs.interrupted_reply == InterruptedReply::NextOwnerCollects => {
                 self.park(c)
@@ -496,7 +510,7 @@ impl<'a> Txn<'a> {
         let vcpu = self.vcpu;
         vcpu.sent_unanswered.store(true, Ordering::Release);
         let e = v3_error(if got > 0 { Transfer::Done(got) } else { t });
-        self.ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.id));
+        self.ctx.rec.event(Some(vcpu.vm), format_args!("{} GET_REPLY fails ({t:?}, {got} bytes): {e}", vcpu.vcpu_id()));
         self.unlock();
         e
     }
@@ -516,7 +530,7 @@ impl<'a> Txn<'a> {
         }
         match Response::decode(buf) {
             Ok(r) => {
-                rec.event(Some(vcpu.vm), format_args!("vcpu{} GET_REPLY data {:#x}", vcpu.id, r.data));
+                rec.event(Some(vcpu.vm), format_args!("{} GET_REPLY data {:#x}", vcpu.vcpu_id(), r.data));
                 r
             }
             Err(e) => {
@@ -529,16 +543,6 @@ impl<'a> Txn<'a> {
     /// Runs the transaction from `step`; fills `data` for a read.
     fn run(&self, step: Step, data: &mut [u8]) -> Result<(), Errno> {
         if step == Step::SendCmd {
-            let cmd = crate::wire::Command::decode(self.knobs.wire, &self.command).ok();
-            self.ctx.rec.event(
-                Some(self.vcpu.vm),
-                format_args!(
-                    "vcpu{} SEND_CMD {} to {:?}",
-                    self.vcpu.id,
-                    cmd.map_or_else(|| "?".to_string(), |c| c.to_string()),
-                    self.p.cmd
-                ),
-            );
             if let Some(r) = self.send(0) {
                 return r;
             }
@@ -591,7 +595,8 @@ fn rfc_v3_resume(
         ResumeRule::RedispatchAddress => vcpu.take_saved()?,
         ResumeRule::SameTransaction => return None,
     };
-    ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} resumes {:#x} at {:?} on {region:?}", vcpu.id, s.addr, s.step));
+    ctx.rec
+        .event(Some(vcpu.vm), format_args!("{} resumes {:#x} at {:?} on {region:?}", vcpu.vcpu_id(), s.addr, s.step));
     if s.region_id != region.id() {
         let text =
             format!("{} was interrupted on ioregion#{} and resumes at {:?} on {region:?}", s.tag, s.region_id, s.step);
@@ -646,7 +651,7 @@ pub(super) fn ioregion_access(
         return Err(Errno::EOPNOTSUPP);
     }
     if resumed.is_none() && knobs.waits_outside_srcu {
-        ctx.rec.event(Some(vcpu.vm), format_args!("vcpu{} claims {} on {region:?}", vcpu.id, txn.tag));
+        ctx.rec.event(Some(vcpu.vm), format_args!("{} claims {} on {region:?}", vcpu.vcpu_id(), txn.tag));
         txn.claim();
         return Ok(());
     }
@@ -700,7 +705,7 @@ pub fn abandon(ctx: &DispatchCtx<'_>, saved: &SavedIoregion) {
 /// Returns what the bus would have returned, and fills `data` for a read.
 pub fn continue_transaction(ctx: &DispatchCtx<'_>, saved: &SavedIoregion, data: &mut [u8]) -> Result<(), Errno> {
     let Some(txn) = Txn::from_saved(ctx, saved) else { return Err(Errno::EOPNOTSUPP) };
-    ctx.rec.event(Some(txn.vcpu.vm), format_args!("vcpu{} continues {saved:?} on {:?}", txn.vcpu.id, txn.region));
+    ctx.rec.event(Some(txn.vcpu.vm), format_args!("{} continues {saved:?} on {:?}", txn.vcpu.vcpu_id(), txn.region));
     let r = txn.run(saved.step, data);
     // Done, failed, or interrupted again (a new saved state took its own references): the
     // references of the state being continued go.

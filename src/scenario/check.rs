@@ -277,6 +277,8 @@ mod capture {
     static FAILURE: Mutex<Option<Failure>> = Mutex::new(None);
     static PANIC: Mutex<Option<String>> = Mutex::new(None);
     static CUT: Mutex<Option<String>> = Mutex::new(None);
+    /// What every blocked thread waited for when loom reported a deadlock.
+    static DEADLOCK: Mutex<Option<Vec<(String, String)>>> = Mutex::new(None);
     const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
     const LIMIT: &str = "ioregionfd-model: search limit reached, stop exploring";
 
@@ -300,11 +302,35 @@ mod capture {
                 std::panic::panic_any(LIMIT);
             }
             let _ = super::watched_failure(None);
+            crate::trace::clear_blocked();
             if let Err(f) = row.execute() {
                 FAILURE.lock().unwrap().get_or_insert(f);
                 std::panic::panic_any(STOP);
             }
         }
+    }
+
+    /// A deadlock as a `liveness` failure: the violations recorded before it, then one line per
+    /// blocked thread saying what it waits for (and, for a context, who holds it).
+    fn deadlock_failure(blocked: &[(String, String)]) -> Failure {
+        let who: Vec<String> = blocked.iter().map(|(t, what)| format!("{t} waits for {what}")).collect();
+        let text = if who.is_empty() {
+            "deadlock: no thread can go on".to_string()
+        } else {
+            format!("deadlock: no thread can go on: {}", who.join("; "))
+        };
+        let mut f = super::watched_failure(Some(("liveness".to_string(), text.clone()))).unwrap_or(Failure {
+            invariant: "liveness".into(),
+            text,
+            trace: String::new(),
+        });
+        if !f.trace.is_empty() && !f.trace.ends_with('\n') {
+            f.trace.push('\n');
+        }
+        for line in &who {
+            f.trace.push_str(&format!("deadlock: {line}\n"));
+        }
+        f
     }
 
     /// Runs `check` (which runs the checker over [`body`]) and reports the first failure, the
@@ -314,6 +340,7 @@ mod capture {
         *FAILURE.lock().unwrap() = None;
         *PANIC.lock().unwrap() = None;
         *CUT.lock().unwrap() = None;
+        *DEADLOCK.lock().unwrap() = None;
         let previous_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|info| {
             let msg = info
@@ -326,6 +353,9 @@ mod capture {
             // panic from the `generator` crate; that says nothing, and may come before loom's
             // own "deadlock" panic, so it is not recorded.
             let unwinding_coroutine = msg.is_empty() && info.location().is_some_and(|l| l.file().contains("generator"));
+            if msg.contains("deadlock") {
+                DEADLOCK.lock().unwrap().get_or_insert_with(crate::trace::blocked_threads);
+            }
             if msg != STOP && msg != LIMIT && !unwinding_coroutine {
                 let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
                 PANIC.lock().unwrap().get_or_insert(format!("{msg}{at}"));
@@ -344,9 +374,11 @@ mod capture {
                     cut = Some(format!("an execution exceeded loom's branch limit (LOOM_MAX_BRANCHES): {msg}"));
                     return None;
                 }
-                let invariant = if msg.contains("deadlock") { "liveness" } else { "panic" };
-                super::watched_failure(Some((invariant.to_string(), msg.clone())))
-                    .or_else(|| Some(Failure { invariant: invariant.into(), text: msg, trace: String::new() }))
+                if let Some(blocked) = DEADLOCK.lock().unwrap().take() {
+                    return Some(deadlock_failure(&blocked));
+                }
+                super::watched_failure(Some(("panic".to_string(), msg.clone())))
+                    .or_else(|| Some(Failure { invariant: "panic".into(), text: msg, trace: String::new() }))
             }),
         };
         (failure, executions, cut)

@@ -27,7 +27,7 @@
 //! read mmio 0x1000 4
 //! expect ioregion 0x1 read 0x0 4 0x100
 //!
-//! thread vcpu1 vcpu 1 0
+//! thread vm1-vcpu0 vcpu 1 0
 //! read mmio 0x1000 4
 //! expect ioregion 0x2 read 0x0 4 0x200
 //! ```

@@ -141,7 +141,7 @@ pub(super) fn execute(scenario: &Arc<Scenario>, knobs: Knobs) -> Result<(), Fail
             _ => None,
         })
         .collect();
-    let mark = kvm.recorder().violation_count();
+    let mark = kvm.recorder().end_setup();
     watch(&kvm, mark);
     let exec = Arc::new(Exec {
         kvm: kvm.clone(),
@@ -176,25 +176,30 @@ pub(super) fn execute(scenario: &Arc<Scenario>, knobs: Knobs) -> Result<(), Fail
     if let Some(main) = scenario.threads.iter().position(|t| t.role == Role::Main) {
         for line in scenario.threads[main].lines.iter().filter(|l| runs_under(l, design)) {
             if let Step::Join(name) = &line.step {
+                crate::trace::blocked(format_args!("thread {name} to finish (join)"));
                 if let Some(i) = handles.iter().position(|(n, _)| n == name) {
                     handles.remove(i).1.join().expect("a scenario thread");
                 } else if let Some(i) = device_handles.iter().position(|(n, _)| n == name) {
                     device_handles.remove(i).1.join().expect("a device thread");
                 }
+                crate::trace::unblocked();
                 joined.push(name.clone());
                 continue;
             }
             exec.vmm_line(None, line);
         }
     }
-    for (_, h) in handles {
+    for (name, h) in handles {
+        crate::trace::blocked(format_args!("thread {name} to finish (the scenario's end)"));
         h.join().expect("a scenario thread");
     }
     exec.stop.with(|s| *s = true);
     kvm.wake_waiters();
-    for (_, h) in device_handles {
+    for (name, h) in device_handles {
+        crate::trace::blocked(format_args!("device thread {name} to finish (the scenario's end)"));
         h.join().expect("a device thread");
     }
+    crate::trace::unblocked();
     exec.finish(mark)
 }
 
@@ -428,7 +433,7 @@ impl Exec {
                 Step::Park => {
                     self.kvm.recorder().event(
                         Some(s.vm),
-                        format_args!("vcpu{}: the thread stops calling KVM_RUN for good", s.vcpu.id()),
+                        format_args!("{}: the thread stops calling KVM_RUN for good", s.vcpu.vcpu_id()),
                     );
                     for (inv, text) in self.kvm.check_parked(&s.vcpu) {
                         self.kvm.recorder().violation(inv, text);
@@ -501,8 +506,8 @@ impl Exec {
             self.kvm.recorder().violation(
                 &LIVENESS,
                 format_args!(
-                    "vcpu{}: KVM_RUN returns -EINTR again and again for one access, with no signal sent: an endless -EINTR loop",
-                    s.vcpu.id()
+                    "{}: KVM_RUN returns -EINTR again and again for one access, with no signal sent: an endless -EINTR loop",
+                    s.vcpu.vcpu_id()
                 ),
             );
         }
@@ -558,8 +563,15 @@ impl Exec {
             .filter(|n| Some(n.as_str()) != me)
             .collect();
         let mut out = self.out_of_run.lock();
+        let mut waited = false;
         while !waits_for.iter().all(|n| out.contains(n)) {
+            let missing: Vec<&str> = waits_for.iter().filter(|n| !out.contains(**n)).map(|n| n.as_str()).collect();
+            crate::trace::blocked(format_args!("{} to leave KVM_RUN for good", missing.join(", ")));
+            waited = true;
             self.out_of_run_cv.wait(&mut out);
+        }
+        if waited {
+            crate::trace::unblocked();
         }
     }
 
