@@ -270,6 +270,12 @@ fn main() {
             replay_filter(&r.row)
         );
     }
+    // Few rows chosen: their distinct end states too (all of them are in the report).
+    if results.len() <= 8 {
+        for r in results.iter().filter(|r| !r.explored.end_states.is_empty()) {
+            print_end_states(r);
+        }
+    }
     for r in results.iter().filter(|r| matches!(r.explored.completeness, Completeness::Incomplete(_))) {
         if let Completeness::Incomplete(why) = &r.explored.completeness {
             println!("\n== incomplete: {} under {}: {why}; no verdict of `holds` is drawn", r.row.name, r.row.label);
@@ -287,6 +293,20 @@ fn main() {
     println!("{} passed, {} failed", results.len() - failed, failed);
     if failed > 0 {
         std::process::exit(1);
+    }
+}
+
+fn print_end_states(r: &Result_) {
+    let e = &r.explored;
+    println!(
+        "\n== end states: {} under {}: {} distinct over {} executions",
+        r.row.name,
+        r.row.label,
+        e.end_states.len(),
+        e.executions
+    );
+    for (state, n) in &e.end_states {
+        println!("{n:>8}  {state}");
     }
 }
 
@@ -354,7 +374,7 @@ fn write_report(results: &[Result_], bound: Option<usize>) -> std::io::Result<Pa
             Completeness::Incomplete(why) => format!("incomplete: {why}"),
         };
         json.push_str(&format!(
-            "  {{\"scenario\": {}, \"summary\": {}, \"design\": {}, \"expected\": {}, \"verdict\": {}, \"text\": {}, \"interleavings\": {}, \"seconds\": {:.3}, \"bound\": {}, \"search\": {}, \"backend\": {}, \"passed\": {}, \"trace\": {}}}{}\n",
+            "  {{\"scenario\": {}, \"summary\": {}, \"design\": {}, \"expected\": {}, \"verdict\": {}, \"text\": {}, \"interleavings\": {}, \"seconds\": {:.3}, \"bound\": {}, \"search\": {}, \"backend\": {}, \"passed\": {}, \"trace\": {}, \"end_states\": [{}]}}{}\n",
             json_str(&r.row.name),
             json_str(&r.row.summary),
             json_str(&r.row.label),
@@ -368,6 +388,12 @@ fn write_report(results: &[Result_], bound: Option<usize>) -> std::io::Result<Pa
             json_str(ioregionfd_model::sync::BACKEND),
             r.passed,
             json_str(f.map(|f| f.trace.as_str()).unwrap_or("")),
+            r.explored
+                .end_states
+                .iter()
+                .map(|(s, n)| format!("{{\"state\": {}, \"executions\": {n}}}", json_str(s)))
+                .collect::<Vec<_>>()
+                .join(", "),
             if i + 1 < results.len() { "," } else { "" }
         ));
         if let Some(f) = f {

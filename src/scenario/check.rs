@@ -112,6 +112,43 @@ impl Row {
 }
 
 thread_local! {
+    /// The end state the last execution on this OS thread noted ([`note_end_state`]); loom and
+    /// shuttle run an execution's threads on the OS thread that checks it.
+    static LAST_END_STATE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Called by a scenario execution as it finishes: its end state (see [`Explored::end_states`]).
+pub fn note_end_state(state: String) {
+    LAST_END_STATE.with(|s| *s.borrow_mut() = Some(state));
+}
+
+/// The end state the last execution noted, if any (taken).
+fn take_end_state() -> Option<String> {
+    LAST_END_STATE.with(|s| s.borrow_mut().take())
+}
+
+/// Counts end states: `(state, verdict)` of each execution, distinct ones with their counts.
+#[derive(Debug, Default)]
+pub struct EndStates(std::collections::BTreeMap<String, usize>);
+
+impl EndStates {
+    /// Adds the end state the last execution noted, with its verdict (`holds` or the failure's
+    /// invariants).
+    pub fn add_last(&mut self, verdict: &str) {
+        if let Some(state) = take_end_state() {
+            *self.0.entry(format!("{state} => {verdict}")).or_default() += 1;
+        }
+    }
+
+    /// The distinct end states, most frequent first.
+    pub fn into_sorted(self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self.0.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+}
+
+thread_local! {
     /// The recorder of the execution under way and its mark, so that a deadlock (which loom
     /// reports by panicking) can still be judged by the violations recorded before it.
     static WATCHED: std::cell::RefCell<Option<(Recorder, usize)>> = const { std::cell::RefCell::new(None) };
@@ -202,6 +239,10 @@ pub struct Explored {
     pub executions: usize,
     /// Whether the search was complete.
     pub completeness: Completeness,
+    /// The distinct end states of the executions run (what every vCPU's KVM_RUN calls returned,
+    /// and the execution's verdict), each with how many executions ended in it, most frequent
+    /// first. Empty for rows written in Rust.
+    pub end_states: Vec<(String, usize)>,
 }
 
 impl Explored {
@@ -279,6 +320,7 @@ mod capture {
     static CUT: Mutex<Option<String>> = Mutex::new(None);
     /// What every blocked thread waited for when loom reported a deadlock.
     static DEADLOCK: Mutex<Option<Vec<(String, String)>>> = Mutex::new(None);
+    static END_STATES: Mutex<Option<super::EndStates>> = Mutex::new(None);
     const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
     const LIMIT: &str = "ioregionfd-model: search limit reached, stop exploring";
 
@@ -303,7 +345,10 @@ mod capture {
             }
             let _ = super::watched_failure(None);
             crate::trace::clear_blocked();
-            if let Err(f) = row.execute() {
+            let result = row.execute();
+            let verdict = result.as_ref().err().map_or("holds", |f| f.invariant.as_str());
+            END_STATES.lock().unwrap().get_or_insert_with(Default::default).add_last(verdict);
+            if let Err(f) = result {
                 FAILURE.lock().unwrap().get_or_insert(f);
                 std::panic::panic_any(STOP);
             }
@@ -333,10 +378,16 @@ mod capture {
         f
     }
 
+    /// The distinct end states of the executions [`run_checked`] ran (taken).
+    pub fn take_end_states() -> Vec<(String, usize)> {
+        END_STATES.lock().unwrap().take().unwrap_or_default().into_sorted()
+    }
+
     /// Runs `check` (which runs the checker over [`body`]) and reports the first failure, the
     /// number of executions, and whether the search was cut short.
     pub fn run_checked(check: impl FnOnce()) -> (Option<Failure>, usize, Option<String>) {
         EXECUTIONS.store(0, Ordering::SeqCst);
+        *END_STATES.lock().unwrap() = None;
         *FAILURE.lock().unwrap() = None;
         *PANIC.lock().unwrap() = None;
         *CUT.lock().unwrap() = None;
@@ -402,7 +453,7 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
         Some(why) => Completeness::Incomplete(why),
         None => Completeness::Complete,
     };
-    Explored { failure, executions, completeness }
+    Explored { failure, executions, completeness, end_states: capture::take_end_states() }
 }
 
 /// The shuttle explorer: PCT schedules (depth = the preemption bound + 1), then random ones, each
@@ -431,7 +482,7 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
         Some(why) => Completeness::Incomplete(why),
         None => Completeness::Sampled,
     };
-    Explored { failure, executions, completeness }
+    Explored { failure, executions, completeness, end_states: capture::take_end_states() }
 }
 
 /// Without a checker: one execution on real threads, reported as `liveness` when it does not
@@ -442,16 +493,19 @@ pub fn explore(row: &Row, _limits: &Limits) -> Explored {
     let (tx, rx) = std::sync::mpsc::channel();
     let row = row.clone();
     std::thread::spawn(move || {
-        let _ = tx.send(row.execute().err());
+        let failure = row.execute().err();
+        let mut ends = EndStates::default();
+        ends.add_last(failure.as_ref().map_or("holds", |f| f.invariant.as_str()));
+        let _ = tx.send((failure, ends.into_sorted()));
     });
-    let failure = match rx.recv_timeout(LIMIT) {
-        Ok(failure) => failure,
+    let (failure, end_states) = match rx.recv_timeout(LIMIT) {
+        Ok(got) => got,
         Err(_) => {
             let text = format!("the scenario did not finish within {} s on real threads (stuck)", LIMIT.as_secs());
-            Some(Failure { invariant: "liveness".into(), text, trace: String::new() })
+            (Some(Failure { invariant: "liveness".into(), text, trace: String::new() }), Vec::new())
         }
     };
-    Explored { failure, executions: 1, completeness: Completeness::Smoke }
+    Explored { failure, executions: 1, completeness: Completeness::Smoke, end_states }
 }
 
 #[cfg(all(test, not(loom), not(feature = "shuttle")))]
@@ -460,7 +514,7 @@ mod tests {
 
     fn explored(failure: Option<&str>, completeness: Completeness) -> Explored {
         let failure = failure.map(|i| Failure { invariant: i.into(), text: "seen".into(), trace: String::new() });
-        Explored { failure, executions: 7, completeness }
+        Explored { failure, executions: 7, completeness, end_states: Vec::new() }
     }
 
     #[test]

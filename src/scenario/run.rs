@@ -83,6 +83,8 @@ struct Exec {
     /// Ghost: `expect` lines that did not hold, and whether `exit` tore the system down.
     mismatches: Ghost<Vec<String>>,
     torn_down: Ghost<bool>,
+    /// Ghost: every KVM_RUN outcome of each vCPU thread, in order (the execution's end state).
+    outcomes: Ghost<Vec<(String, String)>>,
 }
 
 /// Runs one execution of `scenario` under `knobs`.
@@ -159,6 +161,7 @@ pub(super) fn execute(scenario: &Arc<Scenario>, knobs: Knobs) -> Result<(), Fail
             .any(|l| matches!(l.step, Step::DestroyVm(_) | Step::Exit)),
         mismatches: Ghost::new(Vec::new()),
         torn_down: Ghost::new(false),
+        outcomes: Ghost::new(Vec::new()),
     });
     let mut handles = Vec::new();
     let mut device_handles = Vec::new();
@@ -426,9 +429,14 @@ impl Exec {
                             outs.extend(self.resume(s, *runs - outs.len()));
                         }
                     }
+                    self.note_outcomes(s.name, &outs);
                     s.line_outcomes = outs;
                 }
-                Step::Resume(runs) => s.line_outcomes = self.resume(s, *runs),
+                Step::Resume(runs) => {
+                    let outs = self.resume(s, *runs);
+                    self.note_outcomes(s.name, &outs);
+                    s.line_outcomes = outs;
+                }
                 Step::Settle => self.settle(s),
                 Step::Park => {
                     self.kvm.recorder().event(
@@ -500,6 +508,7 @@ impl Exec {
     fn settle(&self, s: &mut VcpuState<'_>) {
         let outs = self.resume(s, 2);
         if !outs.is_empty() {
+            self.note_outcomes(s.name, &outs);
             s.line_outcomes = outs;
         }
         if s.last == Some(AccessOutcome::Interrupted) && !s.line_outcomes.is_empty() {
@@ -680,7 +689,28 @@ impl Exec {
     }
 
     /// The end-of-run checks.
+    /// Ghost: the outcomes of a line's KVM_RUN calls, for the execution's end state.
+    fn note_outcomes(&self, thread: &str, outs: &[AccessOutcome]) {
+        self.outcomes.with(|o| o.extend(outs.iter().map(|out| (thread.to_string(), out.to_string()))));
+    }
+
+    /// The end state of the execution: what every vCPU thread's KVM_RUN calls returned, in
+    /// order, thread by thread (`vcpu0: ioregion 0x1 read 0x0 4 0x100; vcpu1: intr, ...`).
+    fn end_state(&self) -> String {
+        let outcomes = self.outcomes.with(|o| o.clone());
+        let threads = self.scenario.threads.iter().filter(|t| matches!(t.role, Role::Vcpu { .. }));
+        let per_thread: Vec<String> = threads
+            .map(|t| {
+                let outs: Vec<&str> = outcomes.iter().filter(|(n, _)| *n == t.name).map(|(_, o)| o.as_str()).collect();
+                let outs = if outs.is_empty() { "no KVM_RUN".to_string() } else { outs.join(", ") };
+                format!("{}: {outs}", t.name)
+            })
+            .collect();
+        per_thread.join("; ")
+    }
+
     fn finish(&self, mark: usize) -> Result<(), Failure> {
+        super::check::note_end_state(self.end_state());
         let kvm = &self.kvm;
         verdict_after(kvm, mark)?;
         if let Some(m) = self.mismatches.with(|m| m.first().cloned()) {
