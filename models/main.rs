@@ -9,39 +9,64 @@
 //! and fails like any other mismatch. A search cut short by a limit is `incomplete`, never
 //! `holds`.
 //!
+//! Each row is one libtest trial named `SCENARIO::DESIGN` (libtest-mimic), so the usual test
+//! runner flags work: `--list` (with `--format terse`, what cargo-nextest asks), `--exact NAME`,
+//! `--test-threads N` (rows checked at once; each on its own OS thread), `--skip`, `--ignored`.
+//! A FILTER without `--exact` keeps this harness's meaning (below). After the trials the harness
+//! prints the table, the counterexamples and, for a few rows, their end states, and writes the
+//! report (`report.rs`).
+//!
 //! `cargo model` passes `--require-loom`: a build without `--cfg loom` (RUSTFLAGS set in the
 //! environment replaces the alias's flags) then stops with a message instead of a smoke run.
 //! Without it (plain `cargo test`) each row expected to hold runs once on real threads: a smoke
-//! run that shows the scenarios build and terminate, not a proof.
+//! run that shows the scenarios build and terminate, not a proof; the rows expected to find a
+//! defect are not trials there at all (a defect can hang real threads), and nothing else is
+//! printed.
+//!
+//! loom's own environment is honoured: `LOOM_MAX_PREEMPTIONS`, `LOOM_MAX_DURATION`,
+//! `LOOM_MAX_PERMUTATIONS`, `LOOM_MAX_BRANCHES`, `LOOM_LOCATION`, `LOOM_LOG` (the subscriber
+//! `loom::model` installs, around each row) and `LOOM_CHECKPOINT_FILE` (one file per row:
+//! `PATH.SCENARIO.DESIGN.json`; a row resumed from its file is reported incomplete, as the
+//! executions before the checkpoint were explored by an earlier run).
 
 mod bus;
+mod report;
 
 use ioregionfd_model::scenario::check::{Completeness, Explored, Limits, explore};
 use ioregionfd_model::scenario::{Expected, Row, Scenario};
-use std::io::Write;
+use libtest_mimic::{Arguments, Failed, Trial};
+use report::RowResult;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo model [-- [--bound N|none] [--knob NAME=VALUE]... [--list] [FILTER|FILE.scenario]...]
-  FILTER     a row whose name contains it, or whose design or label is it (rfc-v3, defect:...)
+const USAGE: &str =
+    "usage: cargo model [-- [--bound N|none] [--knob NAME=VALUE]... [FILTER|FILE.scenario]... [libtest flags]]
+  FILTER     a row whose name contains it, or whose design or label is it (rfc-v3, defect:...);
+             several: rows that match a name filter (if any) and a design filter (if any)
   FILE       a scenario file (path from the package root, or absolute): run its rows instead of the catalogue
   --bound    the preemption bound (default 2, or LOOM_MAX_PREEMPTIONS; `none` is exhaustive)
   --knob     override a knob in every row (`cargo run -- knobs` lists them); labels show it
-  --list     list the rows that would run, and exit
   --generated      the generated scenarios (proposed, expected to hold) instead of the catalogue
   --sample N       with --generated: N of them, evenly spaced (a fixed sample)
   --iterations N   shuttle: schedules per scheduler (default 1000, or SHUTTLE_ITERATIONS)
-limits: LOOM_MAX_DURATION (s), LOOM_MAX_PERMUTATIONS, LOOM_MAX_BRANCHES: a search they cut short is `incomplete`";
+libtest flags (rows are trials named SCENARIO::DESIGN): --list [--format terse], --exact NAME,
+  --test-threads N, --skip TEXT, --ignored, --include-ignored, --nocapture, --quiet, --color WHEN
+limits: LOOM_MAX_DURATION (s), LOOM_MAX_PERMUTATIONS, LOOM_MAX_BRANCHES: a search they cut short is `incomplete`;
+  LOOM_LOG=trace: loom's log; LOOM_CHECKPOINT_FILE=PATH: a checkpoint file per row (PATH.SCENARIO.DESIGN.json)";
 
 struct Options {
     limits: Limits,
     filters: Vec<String>,
     files: Vec<PathBuf>,
     knobs: Vec<(String, String)>,
-    list: bool,
     require_loom: bool,
     generated: bool,
     sample: Option<usize>,
+    /// The flags for libtest-mimic (the trial runner), program name first.
+    libtest: Vec<String>,
+    exact: bool,
 }
 
 /// A path as the user wrote it: relative to the package root (cargo's working directory for
@@ -57,16 +82,32 @@ fn resolve(arg: &str) -> PathBuf {
     }
 }
 
+/// libtest's flags that take a value, and those that do not.
+const LIBTEST_VALUED: &[&str] = &["--test-threads", "--color", "--format", "--logfile", "--skip", "-Z"];
+const LIBTEST_FLAGS: &[&str] = &[
+    "--list",
+    "--exact",
+    "--nocapture",
+    "--show-output",
+    "--quiet",
+    "-q",
+    "--ignored",
+    "--include-ignored",
+    "--test",
+    "--bench",
+];
+
 fn options() -> Result<Options, String> {
     let mut o = Options {
         limits: Limits::from_env()?,
         filters: Vec::new(),
         files: Vec::new(),
         knobs: Vec::new(),
-        list: false,
         require_loom: false,
         generated: false,
         sample: None,
+        libtest: vec!["models".to_string()],
+        exact: false,
     };
     let parse_bound = |v: &str| match v {
         "none" => Ok(None),
@@ -80,12 +121,8 @@ fn options() -> Result<Options, String> {
         };
         let mut value = |what: &str| inline.clone().or_else(|| args.next()).ok_or(format!("{flag} needs {what}"));
         match flag.as_str() {
-            "--" | "--nocapture" | "--quiet" | "-q" | "--show-output" => {}
-            "--test-threads" | "--color" => {
-                let _ = value("a value")?;
-            }
+            "--" => {}
             "--require-loom" => o.require_loom = true,
-            "--list" => o.list = true,
             "--generated" => o.generated = true,
             "--sample" => {
                 let v = value("a number")?;
@@ -99,10 +136,22 @@ fn options() -> Result<Options, String> {
             }
             "--knob" => o.knobs.push(ioregionfd_model::design::parse_override(&value("NAME=VALUE")?)?),
             "-h" | "--help" => return Err(String::new()),
+            f if LIBTEST_VALUED.contains(&f) => {
+                let v = value("a value")?;
+                o.libtest.extend([f.to_string(), v]);
+            }
+            f if LIBTEST_FLAGS.contains(&f) => {
+                o.exact |= f == "--exact";
+                o.libtest.push(f.to_string());
+            }
             f if f.starts_with('-') => return Err(format!("unknown option {f}")),
             f if f.ends_with(".scenario") || resolve(f).is_file() => o.files.push(resolve(f)),
             f => o.filters.push(f.to_string()),
         }
+    }
+    if o.exact {
+        // `--exact NAME`: libtest's own matching on the trial name (what cargo-nextest runs).
+        o.libtest.append(&mut o.filters);
     }
     Ok(o)
 }
@@ -154,15 +203,48 @@ fn rows(o: &Options) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-struct Result_ {
-    row: Row,
-    explored: Explored,
-    seconds: f64,
-    passed: bool,
+/// The trial name of a row.
+fn trial_name(row: &Row) -> String {
+    format!("{}::{}", row.name, row.label)
 }
 
 fn bound_text(bound: Option<usize>) -> String {
     bound.map_or_else(|| "none".to_string(), |b| b.to_string())
+}
+
+/// The rows the harness's own filters choose (a name filter and a design filter combine), or
+/// a usage error when filters were given and none matches.
+fn choose(all: Vec<Row>, filters: &[String]) -> Result<Vec<Row>, String> {
+    // A filter that is some row's design or label selects by design or label, any other by a
+    // part of the name; the two kinds combine (`two-vms rfc-v3`: that scenario under rfc-v3).
+    let (labels, names): (Vec<&String>, Vec<&String>) =
+        filters.iter().partition(|f| all.iter().any(|r| r.label == **f || r.design.name() == f.as_str()));
+    let chosen: Vec<Row> = all
+        .into_iter()
+        .filter(|r| names.is_empty() || names.iter().any(|f| r.name.contains(f.as_str())))
+        .filter(|r| labels.is_empty() || labels.iter().any(|f| r.selected_by(f)))
+        .collect();
+    if chosen.is_empty() {
+        return Err(format!(
+            "no row matches {filters:?} (a filter is part of a scenario name, or a design or label: `cargo model -- --list` lists the rows); the report is left as it was"
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Explores one row, with loom's log when `LOOM_LOG` asks for it (the subscriber `loom::model`
+/// installs; `Builder::check`, which the harness calls, installs none).
+fn explore_row(row: &Row, limits: &Limits) -> Explored {
+    #[cfg(loom)]
+    if std::env::var_os("LOOM_LOG").is_some() {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("LOOM_LOG"))
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .without_time()
+            .finish();
+        return tracing::subscriber::with_default(subscriber, || explore(row, limits));
+    }
+    explore(row, limits)
 }
 
 fn main() {
@@ -186,89 +268,118 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let all = match rows(&o) {
+    let args = Arguments::from_iter(o.libtest.clone());
+    let chosen = match rows(&o).and_then(|all| choose(all, if o.exact { &[] } else { &o.filters })) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("models: {e}");
             std::process::exit(2);
         }
     };
-    // A filter that is some row's design or label selects by design or label, any other by a
-    // part of the name; the two kinds combine (`two-vms rfc-v3`: that scenario under rfc-v3).
-    let (labels, names): (Vec<&String>, Vec<&String>) =
-        o.filters.iter().partition(|f| all.iter().any(|r| r.label == **f || r.design.name() == f.as_str()));
-    let chosen: Vec<Row> = all
-        .into_iter()
-        .filter(|r| names.is_empty() || names.iter().any(|f| r.name.contains(f.as_str())))
-        .filter(|r| labels.is_empty() || labels.iter().any(|f| r.selected_by(f)))
-        .collect();
-    if chosen.is_empty() {
-        eprintln!(
-            "models: no row matches {:?} (a filter is part of a scenario name, or a design or label: `cargo model -- --list` lists the rows); the report is left as it was",
-            o.filters
-        );
-        std::process::exit(2);
-    }
-    if o.list {
-        for r in &chosen {
-            println!("{:<36} {:<36} {}", r.name, r.label, r.expected.text());
-        }
-        return;
-    }
-    let limits = &o.limits;
-    let chosen: Vec<Row> = if exhaustive {
+    // Without a checker only the rows expected to hold are trials (a defect can hang real
+    // threads); the others are `cargo model`'s.
+    let chosen: Vec<Row> =
+        if exhaustive { chosen } else { chosen.into_iter().filter(|r| r.expected == Expected::Holds).collect() };
+    let listing = args.list;
+    if exhaustive && !listing {
         eprintln!(
             "models: {} rows under {}, preemption bound {}",
             chosen.len(),
             ioregionfd_model::sync::BACKEND,
-            bound_text(limits.bound)
+            bound_text(o.limits.bound)
         );
         if cfg!(feature = "shuttle") {
             eprintln!(
                 "models: shuttle runs {0} PCT and {0} random schedules per row: a sample, not a proof (it treats every atomic as SeqCst; weak memory is loom's job)",
-                limits.iterations
+                o.limits.iterations
             );
         }
-        chosen
-    } else {
-        let (run, skipped): (Vec<Row>, Vec<Row>) = chosen.into_iter().partition(|r| r.expected == Expected::Holds);
-        eprintln!(
-            "models: built without --cfg loom: each of {} rows expected to hold runs once on real threads (a smoke run; {} rows expected to find a defect are left to `cargo model`, as a defect can hang real threads)",
-            run.len(),
-            skipped.len()
-        );
-        run
-    };
-    let mut results = Vec::new();
-    let total = chosen.len();
-    for (i, row) in chosen.into_iter().enumerate() {
-        if exhaustive {
-            eprint!("[{}/{total}] {} ({}) ... ", i + 1, row.name, row.label);
-            let _ = std::io::stderr().flush();
-        }
-        let start = Instant::now();
-        let explored = explore(&row, limits);
-        let seconds = start.elapsed().as_secs_f64();
-        let verdict = explored.verdict();
-        let passed = row.expected.matches(&verdict);
-        if exhaustive {
-            let cut = match &explored.completeness {
-                Completeness::Incomplete(why) => format!(": {why}"),
-                _ => String::new(),
-            };
-            eprintln!("{verdict} ({} interleavings, {seconds:.2} s){cut}", explored.executions);
-        }
-        results.push(Result_ { row, explored, seconds, passed });
     }
-    print_table(&results);
-    for r in results.iter().filter(|r| r.explored.failure.is_some()) {
-        let f = r.explored.failure.as_ref().expect("failure");
-        println!("\n== counterexample: {} under {}: {} violated: {}", r.row.name, r.row.label, f.invariant, f.text);
-        print!("{}", f.trace);
-        println!(
-            "replay: cargo model -- {}   (add LOOM_LOG=trace LOOM_LOCATION=1 for loom's own step log)",
-            replay_filter(&r.row)
-        );
+    let slots: Arc<Mutex<Vec<Option<RowResult>>>> = Arc::new(Mutex::new((0..chosen.len()).map(|_| None).collect()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = chosen.len();
+    let trials: Vec<Trial> = chosen
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let (slots, done, limits) = (slots.clone(), done.clone(), o.limits.clone());
+            let kind = if exhaustive { ioregionfd_model::sync::BACKEND } else { "smoke" };
+            Trial::test(trial_name(&row), move || {
+                let start = Instant::now();
+                let explored = explore_row(&row, &limits);
+                let seconds = start.elapsed().as_secs_f64();
+                let verdict = explored.verdict();
+                let passed = row.expected.matches(&verdict);
+                if exhaustive {
+                    let cut = match &explored.completeness {
+                        Completeness::Incomplete(why) => format!(": {why}"),
+                        _ => String::new(),
+                    };
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    eprintln!(
+                        "[{n}/{total}] {} ({}) ... {verdict} ({} interleavings, {seconds:.2} s){cut}",
+                        row.name, row.label, explored.executions
+                    );
+                }
+                let message = format!("expected {}, verdict {verdict}", row.expected.text());
+                let expected_ids = match &row.expected {
+                    Expected::Holds => Vec::new(),
+                    Expected::Violates(ids) => ids.clone(),
+                };
+                let result = RowResult {
+                    name: row.name.clone(),
+                    label: row.label.clone(),
+                    summary: row.summary.clone(),
+                    expected: row.expected.text(),
+                    expected_ids,
+                    replay: format!("cargo model -- {}", replay_filter(&row)),
+                    explored,
+                    seconds,
+                    passed,
+                };
+                let failure = (!passed).then(|| {
+                    let f = result.explored.failure.as_ref();
+                    format!("{message}{}", f.map_or_else(String::new, |f| format!(": {}", f.text)))
+                });
+                slots.lock().unwrap()[i] = Some(result);
+                match failure {
+                    None => Ok(()),
+                    Some(m) => Err(Failed::from(m)),
+                }
+            })
+            .with_kind(kind)
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if listing {
+        return;
+    }
+    let results: Vec<RowResult> = std::mem::take(&mut *slots.lock().unwrap()).into_iter().flatten().collect();
+    if exhaustive && !results.is_empty() {
+        if std::env::var_os("NEXTEST_RUN_ID").is_some() {
+            // cargo-nextest runs each row in a process of its own: no one process sees the run.
+            eprintln!("models: under cargo-nextest: no table or report (`cargo model` writes them)");
+        } else {
+            summarize(&o, &results);
+        }
+    }
+    conclusion.exit();
+}
+
+/// The table, the counterexamples, the incomplete rows, the end states of a few rows, and the
+/// report, as `cargo model` has always printed them.
+fn summarize(o: &Options, results: &[RowResult]) {
+    print_table(results);
+    for r in results {
+        let Some(f) = r.explored.failure.as_ref() else { continue };
+        println!("\n== counterexample: {} under {}: {} violated: {}", r.name, r.label, f.invariant, f.text);
+        print!("{}", f.trace());
+        println!("replay: {}   (add LOOM_LOG=trace LOOM_LOCATION=1 for loom's own step log)", r.replay);
+    }
+    for r in results {
+        if let Completeness::Incomplete(why) = &r.explored.completeness {
+            println!("\n== incomplete: {} under {}: {why}; no verdict of `holds` is drawn", r.name, r.label);
+        }
     }
     // Few rows chosen: their distinct end states too (all of them are in the report).
     if results.len() <= 8 {
@@ -276,32 +387,34 @@ fn main() {
             print_end_states(r);
         }
     }
-    for r in results.iter().filter(|r| matches!(r.explored.completeness, Completeness::Incomplete(_))) {
-        if let Completeness::Incomplete(why) = &r.explored.completeness {
-            println!("\n== incomplete: {} under {}: {why}; no verdict of `holds` is drawn", r.row.name, r.row.label);
+    let dir = report::dir();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = report::RunInfo {
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: report::git_revision(root),
+        loom_version: report::loom_version(root),
+        backend: ioregionfd_model::sync::BACKEND.to_string(),
+        bound: bound_text(o.limits.bound),
+        filters: o.filters.iter().cloned().chain(o.files.iter().map(|f| f.display().to_string())).collect(),
+        knobs: o.knobs.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        date: report::utc_now(),
+    };
+    match report::write(&dir, &run, results) {
+        Ok(()) => {
+            println!("\nreport: {0}/report.json, {0}/index.html (traces and pictures in {0}/traces/)", dir.display())
         }
-    }
-    if exhaustive {
-        match write_report(&results, limits.bound) {
-            Ok(dir) => println!("\nreport: {}/report.json (traces in {}/traces/)", dir.display(), dir.display()),
-            Err(e) => eprintln!("models: cannot write the report: {e}"),
-        }
-    } else {
-        println!("\n(smoke run: no report written; `cargo model` writes target/model-report/)");
+        Err(e) => eprintln!("models: cannot write the report: {e}"),
     }
     let failed = results.iter().filter(|r| !r.passed).count();
     println!("{} passed, {} failed", results.len() - failed, failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
 }
 
-fn print_end_states(r: &Result_) {
+fn print_end_states(r: &RowResult) {
     let e = &r.explored;
     println!(
         "\n== end states: {} under {}: {} distinct over {} executions",
-        r.row.name,
-        r.row.label,
+        r.name,
+        r.label,
         e.end_states.len(),
         e.executions
     );
@@ -321,7 +434,7 @@ fn replay_filter(row: &Row) -> String {
     }
 }
 
-fn print_table(results: &[Result_]) {
+fn print_table(results: &[RowResult]) {
     println!(
         "\n{:<36} {:<40} {:<22} {:<26} {:>13} {:>8}",
         "scenario", "design", "expected", "verdict", "interleavings", "seconds"
@@ -330,80 +443,12 @@ fn print_table(results: &[Result_]) {
         let mark = if r.passed { "" } else { "  <- MISMATCH" };
         println!(
             "{:<36} {:<40} {:<22} {:<26} {:>13} {:>8.2}{mark}",
-            r.row.name,
-            r.row.label,
-            r.row.expected.text(),
+            r.name,
+            r.label,
+            r.expected,
             r.explored.verdict(),
             r.explored.executions,
             r.seconds
         );
     }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The report's directory: `$CARGO_TARGET_DIR/model-report`, else `target/model-report` under
-/// the package root (cargo's working directory for tests), decided at run time.
-fn report_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from).join("model-report")
-}
-
-fn write_report(results: &[Result_], bound: Option<usize>) -> std::io::Result<PathBuf> {
-    let dir = report_dir();
-    std::fs::create_dir_all(dir.join("traces"))?;
-    let mut json = String::from("[\n");
-    for (i, r) in results.iter().enumerate() {
-        let f = r.explored.failure.as_ref();
-        let completeness = match &r.explored.completeness {
-            Completeness::Complete => "complete".to_string(),
-            Completeness::Sampled => "sampled".to_string(),
-            Completeness::Smoke => "smoke".to_string(),
-            Completeness::Incomplete(why) => format!("incomplete: {why}"),
-        };
-        json.push_str(&format!(
-            "  {{\"scenario\": {}, \"summary\": {}, \"design\": {}, \"expected\": {}, \"verdict\": {}, \"text\": {}, \"interleavings\": {}, \"seconds\": {:.3}, \"bound\": {}, \"search\": {}, \"backend\": {}, \"passed\": {}, \"trace\": {}, \"end_states\": [{}]}}{}\n",
-            json_str(&r.row.name),
-            json_str(&r.row.summary),
-            json_str(&r.row.label),
-            json_str(&r.row.expected.text()),
-            json_str(&r.explored.verdict()),
-            json_str(f.map(|f| f.text.as_str()).unwrap_or("")),
-            r.explored.executions,
-            r.seconds,
-            json_str(&bound_text(bound)),
-            json_str(&completeness),
-            json_str(ioregionfd_model::sync::BACKEND),
-            r.passed,
-            json_str(f.map(|f| f.trace.as_str()).unwrap_or("")),
-            r.explored
-                .end_states
-                .iter()
-                .map(|(s, n)| format!("{{\"state\": {}, \"executions\": {n}}}", json_str(s)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if i + 1 < results.len() { "," } else { "" }
-        ));
-        if let Some(f) = f {
-            let body =
-                format!("{} under {}: violated {}: {}\n{}", r.row.name, r.row.label, f.invariant, f.text, f.trace);
-            let file = format!("{}.{}.txt", r.row.name, r.row.label).replace([':', '/', '=', '+'], "_");
-            std::fs::write(dir.join("traces").join(file), body)?;
-        }
-    }
-    json.push_str("]\n");
-    std::fs::write(dir.join("report.json"), json)?;
-    Ok(dir)
 }

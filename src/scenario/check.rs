@@ -7,7 +7,7 @@
 
 use crate::design::{Design, Knobs};
 use crate::kvm::Kvm;
-use crate::trace::Recorder;
+use crate::trace::{Event, Recorder};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,8 +49,40 @@ pub struct Failure {
     pub invariant: String,
     /// What was seen.
     pub text: String,
-    /// The numbered event list of the execution.
-    pub trace: String,
+    /// The events of the execution (its trace: [`Failure::trace`]).
+    pub events: Vec<Event>,
+    /// The `seq` of the event that shows the violation the verdict names first (a `VIOLATION`
+    /// event), when there is one; a deadlock or an end-of-run check has none.
+    pub violating_event: Option<usize>,
+    /// Deadlock: what each blocked thread waited for, by thread name.
+    pub blocked: Vec<(String, String)>,
+}
+
+impl Failure {
+    /// A failure with no trace (a crash of the model, a smoke run that never finished).
+    pub fn bare(invariant: impl Into<String>, text: impl Into<String>) -> Self {
+        Failure {
+            invariant: invariant.into(),
+            text: text.into(),
+            events: Vec::new(),
+            violating_event: None,
+            blocked: Vec::new(),
+        }
+    }
+
+    /// A failure with `rec`'s events.
+    pub fn traced(invariant: impl Into<String>, text: impl Into<String>, rec: &Recorder) -> Self {
+        Failure { events: rec.events(), ..Failure::bare(invariant, text) }
+    }
+
+    /// The trace: one numbered line per event, then (deadlock) one line per blocked thread.
+    pub fn trace(&self) -> String {
+        let mut t: String = self.events.iter().map(|e| format!("{e}\n")).collect();
+        for (thread, what) in &self.blocked {
+            t.push_str(&format!("deadlock: {thread} waits for {what}\n"));
+        }
+        t
+    }
 }
 
 /// How a row is run.
@@ -140,6 +172,11 @@ impl EndStates {
         }
     }
 
+    /// Adds one end state with its verdict.
+    pub fn add(&mut self, state: &str, verdict: &str) {
+        *self.0.entry(format!("{state} => {verdict}")).or_default() += 1;
+    }
+
     /// The distinct end states, most frequent first.
     pub fn into_sorted(self) -> Vec<(String, usize)> {
         let mut v: Vec<(String, usize)> = self.0.into_iter().collect();
@@ -162,8 +199,9 @@ pub fn watch(kvm: &Kvm, mark: usize) {
 /// The violations `rec` recorded after `mark`, plus `extra` (an invariant found by another
 /// check), as one failure: every invariant id in order, the first text, the trace.
 pub fn failure_from(rec: &Recorder, mark: usize, extra: Option<(String, String)>) -> Option<Failure> {
-    let mut found: Vec<(String, String)> =
-        rec.violations_since(mark).into_iter().map(|v| (v.invariant.to_string(), v.text)).collect();
+    let violations = rec.violations_since(mark);
+    let violating_event = violations.first().map(|v| v.after_event);
+    let mut found: Vec<(String, String)> = violations.into_iter().map(|v| (v.invariant.to_string(), v.text)).collect();
     found.extend(extra);
     let text = found.first()?.1.clone();
     let mut ids: Vec<String> = Vec::new();
@@ -172,7 +210,7 @@ pub fn failure_from(rec: &Recorder, mark: usize, extra: Option<(String, String)>
             ids.push(id);
         }
     }
-    Some(Failure { invariant: ids.join(","), text, trace: rec.format_trace() })
+    Some(Failure { violating_event, ..Failure::traced(ids.join(","), text, rec) })
 }
 
 /// After a panic of the watched execution: every violation it recorded, plus what the panic says.
@@ -203,7 +241,7 @@ pub fn verdict(kvm: &Kvm) -> Result<(), Failure> {
 pub fn fail_with(kvm: &Kvm, mark: usize, wrong: Vec<(&crate::invariants::Invariant, String)>) -> Result<(), Failure> {
     match wrong.into_iter().next() {
         Some((inv, text)) => Err(failure_from(kvm.recorder(), mark, Some((inv.id.to_string(), text)))
-            .unwrap_or_else(|| Failure { invariant: inv.id.into(), text: String::new(), trace: String::new() })),
+            .unwrap_or_else(|| Failure::bare(inv.id, String::new()))),
         None => Ok(()),
     }
 }
@@ -213,7 +251,7 @@ pub fn assertion(kvm: &Kvm, ok: bool, text: impl Into<String>) -> Result<(), Fai
     if ok {
         return Ok(());
     }
-    Err(Failure { invariant: "assertion".into(), text: text.into(), trace: kvm.recorder().format_trace() })
+    Err(Failure::traced("assertion", text, kvm.recorder()))
 }
 
 /// Whether a search covered everything it set out to.
@@ -309,20 +347,67 @@ pub fn run_once(row: &Row) -> Result<(), Failure> {
 #[cfg(any(loom, feature = "shuttle"))]
 mod capture {
     use super::{Failure, Limits, Row};
+    use std::cell::{Cell, RefCell};
     use std::panic::{AssertUnwindSafe, catch_unwind};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
-    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
-    static FAILURE: Mutex<Option<Failure>> = Mutex::new(None);
-    static PANIC: Mutex<Option<String>> = Mutex::new(None);
-    static CUT: Mutex<Option<String>> = Mutex::new(None);
-    /// What every blocked thread waited for when loom reported a deadlock.
-    static DEADLOCK: Mutex<Option<Vec<(String, String)>>> = Mutex::new(None);
-    static END_STATES: Mutex<Option<super::EndStates>> = Mutex::new(None);
+    /// What one check on this OS thread has seen so far. loom and shuttle run every thread of an
+    /// execution on the OS thread that runs the check, so per-OS-thread state lets several rows be
+    /// checked at once on different OS threads (the test harness's `--test-threads`).
+    #[derive(Default)]
+    struct Seen {
+        executions: usize,
+        failure: Option<Failure>,
+        panic: Option<String>,
+        cut: Option<String>,
+        /// What every blocked thread waited for when loom reported a deadlock.
+        deadlock: Option<Vec<(String, String)>>,
+        end_states: super::EndStates,
+    }
+
+    thread_local! {
+        static SEEN: RefCell<Seen> = RefCell::new(Seen::default());
+        /// Whether this OS thread is running a check (its panics are the checker's to judge).
+        static CHECKING: Cell<bool> = const { Cell::new(false) };
+    }
+
     const STOP: &str = "ioregionfd-model: invariant violated, stop exploring";
     const LIMIT: &str = "ioregionfd-model: search limit reached, stop exploring";
+
+    /// Installs, once per process, a panic hook that records the panics of OS threads running a
+    /// check and passes every other panic to the hook that was there before.
+    fn install_hook() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !CHECKING.with(Cell::get) {
+                    return previous(info);
+                }
+                let msg = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                // A thread loom drops after a deadlock unwinds through its coroutine with an empty
+                // panic from the `generator` crate; that says nothing, and may come before loom's
+                // own "deadlock" panic, so it is not recorded.
+                let unwinding_coroutine =
+                    msg.is_empty() && info.location().is_some_and(|l| l.file().contains("generator"));
+                SEEN.with(|s| {
+                    let mut s = s.borrow_mut();
+                    if msg.contains("deadlock") && s.deadlock.is_none() {
+                        s.deadlock = Some(crate::trace::blocked_threads());
+                    }
+                    if msg != STOP && msg != LIMIT && !unwinding_coroutine && s.panic.is_none() {
+                        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                        s.panic = Some(format!("{msg}{at}"));
+                    }
+                });
+            }));
+        });
+    }
 
     /// One execution of `row` as the checker runs it: counted, limits enforced before it starts
     /// (so a stop means an execution was left unexplored), and a failure stops the checker.
@@ -330,7 +415,11 @@ mod capture {
         let row = row.clone();
         let (max_executions, max_duration) = (limits.max_executions, limits.max_duration);
         move || {
-            let n = EXECUTIONS.fetch_add(1, Ordering::SeqCst);
+            let n = SEEN.with(|s| {
+                let mut s = s.borrow_mut();
+                s.executions += 1;
+                s.executions - 1
+            });
             let cut = match (max_executions, max_duration) {
                 (Some(m), _) if n >= m => Some(format!("stopped after {m} executions (LOOM_MAX_PERMUTATIONS)")),
                 (_, Some(d)) if start.elapsed() >= d => {
@@ -339,17 +428,22 @@ mod capture {
                 _ => None,
             };
             if let Some(why) = cut {
-                EXECUTIONS.fetch_sub(1, Ordering::SeqCst);
-                CUT.lock().unwrap().get_or_insert(why);
+                SEEN.with(|s| {
+                    let mut s = s.borrow_mut();
+                    s.executions -= 1;
+                    s.cut.get_or_insert(why);
+                });
                 std::panic::panic_any(LIMIT);
             }
             let _ = super::watched_failure(None);
             crate::trace::clear_blocked();
             let result = row.execute();
             let verdict = result.as_ref().err().map_or("holds", |f| f.invariant.as_str());
-            END_STATES.lock().unwrap().get_or_insert_with(Default::default).add_last(verdict);
+            SEEN.with(|s| s.borrow_mut().end_states.add_last(verdict));
             if let Err(f) = result {
-                FAILURE.lock().unwrap().get_or_insert(f);
+                SEEN.with(|s| {
+                    s.borrow_mut().failure.get_or_insert(f);
+                });
                 std::panic::panic_any(STOP);
             }
         }
@@ -364,75 +458,52 @@ mod capture {
         } else {
             format!("deadlock: no thread can go on: {}", who.join("; "))
         };
-        let mut f = super::watched_failure(Some(("liveness".to_string(), text.clone()))).unwrap_or(Failure {
-            invariant: "liveness".into(),
-            text,
-            trace: String::new(),
-        });
-        if !f.trace.is_empty() && !f.trace.ends_with('\n') {
-            f.trace.push('\n');
-        }
-        for line in &who {
-            f.trace.push_str(&format!("deadlock: {line}\n"));
-        }
+        let mut f = super::watched_failure(Some(("liveness".to_string(), text.clone())))
+            .unwrap_or_else(|| Failure::bare("liveness", text));
+        f.blocked = blocked.to_vec();
         f
     }
 
-    /// The distinct end states of the executions [`run_checked`] ran (taken).
-    pub fn take_end_states() -> Vec<(String, usize)> {
-        END_STATES.lock().unwrap().take().unwrap_or_default().into_sorted()
+    /// What a check found: the first failure, the executions run, why the search was cut
+    /// short (if it was), and the distinct end states.
+    pub struct Checked {
+        pub failure: Option<Failure>,
+        pub executions: usize,
+        pub cut: Option<String>,
+        pub end_states: Vec<(String, usize)>,
     }
 
-    /// Runs `check` (which runs the checker over [`body`]) and reports the first failure, the
-    /// number of executions, and whether the search was cut short.
-    pub fn run_checked(check: impl FnOnce()) -> (Option<Failure>, usize, Option<String>) {
-        EXECUTIONS.store(0, Ordering::SeqCst);
-        *END_STATES.lock().unwrap() = None;
-        *FAILURE.lock().unwrap() = None;
-        *PANIC.lock().unwrap() = None;
-        *CUT.lock().unwrap() = None;
-        *DEADLOCK.lock().unwrap() = None;
-        let previous_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            // A thread loom drops after a deadlock unwinds through its coroutine with an empty
-            // panic from the `generator` crate; that says nothing, and may come before loom's
-            // own "deadlock" panic, so it is not recorded.
-            let unwinding_coroutine = msg.is_empty() && info.location().is_some_and(|l| l.file().contains("generator"));
-            if msg.contains("deadlock") {
-                DEADLOCK.lock().unwrap().get_or_insert_with(crate::trace::blocked_threads);
-            }
-            if msg != STOP && msg != LIMIT && !unwinding_coroutine {
-                let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-                PANIC.lock().unwrap().get_or_insert(format!("{msg}{at}"));
-            }
-        }));
+    /// Runs `check` (which runs the checker over [`body`]) on this OS thread and reports what it
+    /// found.
+    pub fn run_checked(check: impl FnOnce()) -> Checked {
+        install_hook();
+        SEEN.with(|s| *s.borrow_mut() = Seen::default());
+        CHECKING.with(|c| c.set(true));
         let result = catch_unwind(AssertUnwindSafe(check));
-        std::panic::set_hook(previous_hook);
-        let executions = EXECUTIONS.load(Ordering::SeqCst);
-        let mut cut = CUT.lock().unwrap().take();
+        CHECKING.with(|c| c.set(false));
+        let seen = SEEN.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let mut cut = seen.cut;
         let failure = match result {
             Ok(()) => None,
             Err(_) if cut.is_some() => None,
-            Err(_) => FAILURE.lock().unwrap().take().or_else(|| {
-                let msg = PANIC.lock().unwrap().take().unwrap_or_else(|| "unknown panic".into());
+            Err(_) => seen.failure.or_else(|| {
+                let msg = seen.panic.unwrap_or_else(|| "unknown panic".into());
                 if msg.contains("maximum number of branches") {
                     cut = Some(format!("an execution exceeded loom's branch limit (LOOM_MAX_BRANCHES): {msg}"));
                     return None;
                 }
-                if let Some(blocked) = DEADLOCK.lock().unwrap().take() {
-                    return Some(deadlock_failure(&blocked));
+                if let Some(blocked) = &seen.deadlock {
+                    return Some(deadlock_failure(blocked));
                 }
                 super::watched_failure(Some(("panic".to_string(), msg.clone())))
-                    .or_else(|| Some(Failure { invariant: "panic".into(), text: msg, trace: String::new() }))
+                    .or_else(|| Some(Failure::bare("panic", msg)))
             }),
         };
-        (failure, executions, cut)
+        let mut end_states = seen.end_states;
+        if let Some(f) = failure.as_ref().filter(|f| f.invariant == "liveness" && !f.blocked.is_empty()) {
+            end_states.add("(no end: every thread is blocked)", &f.invariant);
+        }
+        Checked { failure, executions: seen.executions, cut, end_states: end_states.into_sorted() }
     }
 }
 
@@ -447,13 +518,25 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
     // stop would look like a complete search.
     builder.max_duration = None;
     builder.max_permutations = None;
+    // LOOM_CHECKPOINT_FILE=PATH: each row its own file, PATH.SCENARIO.DESIGN.json.
+    builder.checkpoint_file = std::env::var_os("LOOM_CHECKPOINT_FILE").map(|p| {
+        let row_part: String = format!("{}.{}", row.name, row.label)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+            .collect();
+        std::path::PathBuf::from(format!("{}.{row_part}.json", p.to_string_lossy()))
+    });
+    let resumed = builder.checkpoint_file.as_ref().filter(|p| p.exists()).map(|p| p.display().to_string());
     let start = std::time::Instant::now();
-    let (failure, executions, cut) = capture::run_checked(|| builder.check(capture::body(row, limits, start)));
-    let completeness = match cut {
-        Some(why) => Completeness::Incomplete(why),
-        None => Completeness::Complete,
+    let checked = capture::run_checked(|| builder.check(capture::body(row, limits, start)));
+    let completeness = match (checked.cut, resumed) {
+        (Some(why), _) => Completeness::Incomplete(why),
+        (None, Some(file)) if checked.failure.is_none() => Completeness::Incomplete(format!(
+            "resumed from the checkpoint {file}: the executions before it were explored by an earlier run"
+        )),
+        (None, _) => Completeness::Complete,
     };
-    Explored { failure, executions, completeness, end_states: capture::take_end_states() }
+    Explored { failure: checked.failure, executions: checked.executions, completeness, end_states: checked.end_states }
 }
 
 /// The shuttle explorer: PCT schedules (depth = the preemption bound + 1), then random ones, each
@@ -472,17 +555,17 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
         c
     };
     let start = std::time::Instant::now();
-    let (failure, executions, cut) = capture::run_checked(|| {
+    let checked = capture::run_checked(|| {
         Runner::new(PctScheduler::new_from_seed(SEED, depth, limits.iterations), config())
             .run(capture::body(row, limits, start));
         Runner::new(RandomScheduler::new_from_seed(SEED, limits.iterations), config())
             .run(capture::body(row, limits, start));
     });
-    let completeness = match cut {
+    let completeness = match checked.cut {
         Some(why) => Completeness::Incomplete(why),
         None => Completeness::Sampled,
     };
-    Explored { failure, executions, completeness, end_states: capture::take_end_states() }
+    Explored { failure: checked.failure, executions: checked.executions, completeness, end_states: checked.end_states }
 }
 
 /// Without a checker: one execution on real threads, reported as `liveness` when it does not
@@ -502,7 +585,7 @@ pub fn explore(row: &Row, _limits: &Limits) -> Explored {
         Ok(got) => got,
         Err(_) => {
             let text = format!("the scenario did not finish within {} s on real threads (stuck)", LIMIT.as_secs());
-            (Some(Failure { invariant: "liveness".into(), text, trace: String::new() }), Vec::new())
+            (Some(Failure::bare("liveness", text)), Vec::new())
         }
     };
     Explored { failure, executions: 1, completeness: Completeness::Smoke, end_states }
@@ -513,7 +596,7 @@ mod tests {
     use super::*;
 
     fn explored(failure: Option<&str>, completeness: Completeness) -> Explored {
-        let failure = failure.map(|i| Failure { invariant: i.into(), text: "seen".into(), trace: String::new() });
+        let failure = failure.map(|i| Failure::bare(i, "seen"));
         Explored { failure, executions: 7, completeness, end_states: Vec::new() }
     }
 

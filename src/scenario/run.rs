@@ -215,11 +215,7 @@ fn runs_under(line: &Line, design: Design) -> bool {
 }
 
 fn setup_failure(kvm: &Kvm, line: &Line, text: String) -> Failure {
-    Failure {
-        invariant: "setup".into(),
-        text: format!("line {}: `{}`: {text}", line.number, line.text),
-        trace: kvm.recorder().format_trace(),
-    }
+    Failure::traced("setup", format!("line {}: `{}`: {text}", line.number, line.text), kvm.recorder())
 }
 
 /// The file behind a device's `cmd` or `resp` end, with the device's own reference.
@@ -714,7 +710,7 @@ impl Exec {
         let kvm = &self.kvm;
         verdict_after(kvm, mark)?;
         if let Some(m) = self.mismatches.with(|m| m.first().cloned()) {
-            return Err(Failure { invariant: "assertion".into(), text: m, trace: kvm.recorder().format_trace() });
+            return Err(Failure::traced("assertion", m, kvm.recorder()));
         }
         fail_with(kvm, mark, kvm.check_end(!self.scenario.undrained))?;
         if self.scenario.no_leak {
