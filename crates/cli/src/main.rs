@@ -23,8 +23,7 @@ macro_rules! say {
 
 // The measurement code is shared with the criterion benches (`cargo bench`).
 #[cfg(target_os = "linux")]
-#[path = "../benches/support/mod.rs"]
-mod support;
+use ioregionfd_model_cli::bench as support;
 
 const SCRIPT_USAGE: &str =
     "usage: ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
