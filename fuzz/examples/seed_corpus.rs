@@ -10,7 +10,7 @@ fn main() {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    for target in &ioregionfd_model_fuzz::TARGETS {
+    for target in &ioregionfd_model_fuzz_targets::TARGETS {
         let dir = root.join(target.name);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             eprintln!("seed-corpus: cannot create {}: {e}", dir.display());

@@ -1,14 +1,12 @@
 //! Replays every fuzz target over its committed corpus (`fuzz/corpus/TARGET/`) and regressions
 //! (`fuzz/regressions/TARGET/`) on stable, through the same code the fuzzers run: the target
-//! functions of `fuzz/src/`, compiled into this test. A crash a fuzzer found and that was
-//! committed as a regression fails here until it is fixed.
+//! functions of this crate, which the cargo-fuzz crate (`fuzz/`) wraps for libFuzzer. A crash a
+//! fuzzer found and that was committed as a regression fails here until it is fixed.
 //!
 //! Also checks that the committed seed corpus is what the seed generator writes now
 //! (`cargo run --manifest-path fuzz/Cargo.toml --example seed-corpus` regenerates it).
 
-#[path = "../fuzz/src/lib.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod fuzz;
+use ioregionfd_model_fuzz_targets as fuzz;
 
 use std::path::{Path, PathBuf};
 
@@ -69,5 +67,5 @@ fn every_golden_script_is_a_seed() {
     on_disk.sort();
     let mut listed: Vec<String> = fuzz::GOLDEN_SCRIPTS.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "fuzz/src/lib.rs GOLDEN_SCRIPTS must list every tests/golden/*.script");
+    assert_eq!(on_disk, listed, "crates/fuzz-targets/src/lib.rs GOLDEN_SCRIPTS must list every tests/golden/*.script");
 }
