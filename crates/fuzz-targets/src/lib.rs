@@ -25,8 +25,16 @@ pub const GOLDEN_SCRIPTS: [(&str, &str); 8] = [
     ("violation", include_str!("../../../tests/golden/violation.script")),
 ];
 
-/// One fuzz target: its name (the directory under `fuzz/corpus/` and `fuzz/regressions/`), its
-/// entry point and its seed inputs.
+/// The committed seed corpus, `TARGET/NAME` under this directory of the repository. It is not
+/// cargo-fuzz's default corpus directory (`fuzz/corpus/`, which `cargo fuzz run` and `cargo fuzz
+/// cmin` write to), so a fuzzing run reads it without rewriting it.
+pub const SEED_CORPUS_DIR: &str = "fuzz/seed-corpus";
+
+/// The crashes kept as regressions, `TARGET/WHAT-IT-FOUND` under this directory of the repository.
+pub const REGRESSIONS_DIR: &str = "fuzz/regressions";
+
+/// One fuzz target: its name (the directory under [`SEED_CORPUS_DIR`] and [`REGRESSIONS_DIR`]),
+/// its entry point and its seed inputs.
 pub struct Target {
     /// The target's name, as `cargo fuzz run NAME` takes it.
     pub name: &'static str,
@@ -66,7 +74,8 @@ pub fn design_of(first_byte: u8) -> ioregionfd_model::design::Design {
 /// The repository's root (this crate is `crates/fuzz-targets/` in it): the seeds are made from
 /// its files.
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The files of `dir` whose extension is `ext`, as (stem, text), sorted by name; none when the

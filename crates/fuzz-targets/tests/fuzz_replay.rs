@@ -1,4 +1,4 @@
-//! Replays every fuzz target over its committed corpus (`fuzz/corpus/TARGET/`) and regressions
+//! Replays every fuzz target over its committed seed corpus (`fuzz/seed-corpus/TARGET/`) and regressions
 //! (`fuzz/regressions/TARGET/`) on stable, through the same code the fuzzers run: the target
 //! functions of this crate, which the cargo-fuzz crate (`fuzz/`) wraps for libFuzzer. A crash a
 //! fuzzer found and that was committed as a regression fails here until it is fixed.
@@ -35,8 +35,8 @@ fn replay(target: &fuzz::Target, dir: &Path) -> usize {
 fn committed_corpus_and_regressions_replay_clean() {
     let root = fuzz::repo_root();
     for target in &fuzz::TARGETS {
-        let corpus = replay(target, &root.join("fuzz/corpus").join(target.name));
-        let regressions = replay(target, &root.join("fuzz/regressions").join(target.name));
+        let corpus = replay(target, &root.join(fuzz::SEED_CORPUS_DIR).join(target.name));
+        let regressions = replay(target, &root.join(fuzz::REGRESSIONS_DIR).join(target.name));
         println!("fuzz replay: {}: {corpus} corpus files, {regressions} regressions", target.name);
         assert!(corpus > 0, "{}: no committed corpus (run the seed-corpus generator)", target.name);
     }
@@ -49,7 +49,7 @@ fn committed_seed_corpus_is_what_the_generator_writes() {
         let seeds = (target.seeds)();
         assert!(!seeds.is_empty(), "{}: no seeds", target.name);
         for (name, data) in seeds {
-            let path = root.join("fuzz/corpus").join(target.name).join(&name);
+            let path = root.join(fuzz::SEED_CORPUS_DIR).join(target.name).join(&name);
             let committed = std::fs::read(&path).unwrap_or_default();
             assert!(committed == data, "{} is stale or missing: regenerate the seed corpus", path.display());
         }
