@@ -10,7 +10,7 @@
 #![cfg(target_os = "linux")]
 
 #[allow(dead_code)]
-#[path = "../examples/memory_device.rs"]
+#[path = "../../../examples/memory_device.rs"]
 mod example;
 
 use ioregionfd_model::device::{IoregionDevice, MemoryDevice, Transport, serve};
