@@ -1,5 +1,5 @@
 //! Named regression tests for every distinct violation the state machines of
-//! `tests/ioregion_state_machine.rs` found in the `rfc-v3` and `seed` designs.
+//! `crates/reference/tests/ioregion_state_machine.rs` found in the `rfc-v3` and `seed` designs.
 //!
 //! Each test runs a minimal script (the language of `ioregionfd_model::script`; `#` comments print
 //! nothing) under the design and demands the exact output the model prints, then runs the same

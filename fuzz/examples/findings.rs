@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ioregionfd_model_fuzz::registration::{execute, mechanism, script_of};
+use ioregionfd_model_fuzz_targets::registration::{execute, mechanism, script_of};
 
 fn main() {
     let mut inputs: Vec<Vec<u8>> = Vec::new();

@@ -1,16 +1,16 @@
 //! Writes the seed corpus of every target: `cargo run --manifest-path fuzz/Cargo.toml --example
-//! seed-corpus [DIR]` fills `DIR/TARGET/NAME` (default `fuzz/corpus`). The files are committed;
-//! `tests/fuzz_replay.rs` checks that they are what this program writes.
+//! seed-corpus [DIR]` fills `DIR/TARGET/NAME` (default `fuzz/seed-corpus`, the committed one).
+//! `crates/fuzz-targets/tests/fuzz_replay.rs` checks that the committed files are what this
+//! program writes.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 fn main() {
-    let root = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    for target in &ioregionfd_model_fuzz::TARGETS {
+    let root = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
+        ioregionfd_model_fuzz_targets::repo_root().join(ioregionfd_model_fuzz_targets::SEED_CORPUS_DIR)
+    });
+    for target in &ioregionfd_model_fuzz_targets::TARGETS {
         let dir = root.join(target.name);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             eprintln!("seed-corpus: cannot create {}: {e}", dir.display());

@@ -5,7 +5,7 @@ fn main() {
     let mut status = 0;
     for path in std::env::args().skip(1) {
         match std::fs::read(&path) {
-            Ok(data) => print!("# {path}\n{}", ioregionfd_model_fuzz::registration::script_of(&data)),
+            Ok(data) => print!("# {path}\n{}", ioregionfd_model_fuzz_targets::registration::script_of(&data)),
             Err(e) => {
                 eprintln!("show-input: {path}: {e}");
                 status = 1;

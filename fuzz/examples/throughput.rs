@@ -11,7 +11,7 @@ fn main() {
         eprintln!("usage: throughput TARGET DIR...");
         std::process::exit(2);
     };
-    let Some(target) = ioregionfd_model_fuzz::TARGETS.iter().find(|t| t.name == name) else {
+    let Some(target) = ioregionfd_model_fuzz_targets::TARGETS.iter().find(|t| t.name == name) else {
         eprintln!("throughput: no target {name}");
         std::process::exit(2);
     };

@@ -1,4 +1,4 @@
-//! `cargo fuzz run registration`: see `ioregionfd_model_fuzz::registration` (and README.md, "Fuzzing").
+//! `cargo fuzz run registration`: see `ioregionfd_model_fuzz_targets::registration` (and README.md, "Fuzzing").
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz::registration::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz_targets::registration::run(data));

@@ -1,4 +1,4 @@
-//! `cargo fuzz run scenario`: see `ioregionfd_model_fuzz::scenario` (and README.md, "Fuzzing").
+//! `cargo fuzz run scenario`: see `ioregionfd_model_fuzz_targets::scenario` (and README.md, "Fuzzing").
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz::scenario::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz_targets::scenario::run(data));

@@ -1,4 +1,4 @@
-//! `cargo fuzz run script`: see `ioregionfd_model_fuzz::script` (and README.md, "Fuzzing").
+//! `cargo fuzz run script`: see `ioregionfd_model_fuzz_targets::script` (and README.md, "Fuzzing").
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz::script::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz_targets::script::run(data));

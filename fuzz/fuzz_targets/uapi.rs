@@ -1,4 +1,4 @@
-//! `cargo fuzz run uapi`: see `ioregionfd_model_fuzz::uapi` (and README.md, "Fuzzing").
+//! `cargo fuzz run uapi`: see `ioregionfd_model_fuzz_targets::uapi` (and README.md, "Fuzzing").
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz::uapi::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz_targets::uapi::run(data));

@@ -1,4 +1,4 @@
-//! `cargo fuzz run wire`: see `ioregionfd_model_fuzz::wire` (and README.md, "Fuzzing").
+//! `cargo fuzz run wire`: see `ioregionfd_model_fuzz_targets::wire` (and README.md, "Fuzzing").
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz::wire::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz_targets::wire::run(data));

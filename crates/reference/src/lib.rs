@@ -1,18 +1,17 @@
 //! The reference of the three ioregionfd designs: a second, independent implementation of the
 //! model's `Kvm` written from docs/spec.md (§2-4), the knob docs of `src/design.rs`,
 //! the seed registration order documented on `KvmIo::set_ioregion_seed`, and the transport
-//! semantics documented on `fd::channel` and `fd` (see `tests/ioregion_state_machine.rs` for what
-//! it covers and how it was written).
+//! semantics documented on `fd::channel` and `fd` (see this crate's
+//! `tests/ioregion_state_machine.rs` for what it covers and how it was written).
 //!
-//! Two checkers drive it: the proptest state machines of `tests/ioregion_state_machine.rs`, and
-//! the `registration` fuzz target (`fuzz/src/registration.rs`, which includes this file by path).
+//! Two checkers drive it: the proptest state machines of this crate's
+//! `tests/ioregion_state_machine.rs`, and the `registration` fuzz target
+//! (`crates/fuzz-targets/src/registration.rs`).
 //! Both step a [`World`] and the model ([`Sut`]) with the same [`Op`] and compare the two
 //! [`Expect`]s with [`compare`]. [`World::admits`] says which operations the reference is
 //! meant for (a sane userspace for `proposed`; devices on ioregionfds only for `seed`), and
 //! [`World::models`] which kinds of operation it implements at all (everything but injected
 //! allocation failures).
-
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -31,37 +30,37 @@ use ioregionfd_model::vm::{AccessOutcome, Backend, KvmExit, VmConfig};
 // ---------------------------------------------------------------------------------------------
 
 /// `KVM_IOREGION_PIO`, `KVM_IOREGION_POSTED_WRITES`, `KVM_IOREGION_DEASSIGN`.
-pub(crate) const IOREGION_PIO: u32 = 1 << 0;
-pub(crate) const IOREGION_POSTED: u32 = 1 << 1;
-pub(crate) const IOREGION_DEASSIGN: u32 = 1 << 2;
+pub const IOREGION_PIO: u32 = 1 << 0;
+pub const IOREGION_POSTED: u32 = 1 << 1;
+pub const IOREGION_DEASSIGN: u32 = 1 << 2;
 /// `KVM_IOEVENTFD_FLAG_*`.
-pub(crate) const IOEVENTFD_DATAMATCH: u32 = 1 << 0;
-pub(crate) const IOEVENTFD_PIO: u32 = 1 << 1;
-pub(crate) const IOEVENTFD_DEASSIGN: u32 = 1 << 2;
-pub(crate) const IOEVENTFD_CCW: u32 = 1 << 3;
-pub(crate) const IOEVENTFD_VALID: u32 = 0x1f;
+pub const IOEVENTFD_DATAMATCH: u32 = 1 << 0;
+pub const IOEVENTFD_PIO: u32 = 1 << 1;
+pub const IOEVENTFD_DEASSIGN: u32 = 1 << 2;
+pub const IOEVENTFD_CCW: u32 = 1 << 3;
+pub const IOEVENTFD_VALID: u32 = 0x1f;
 /// Default buffers (`fd::channel` docs): a socket's per direction, a pipe's.
-pub(crate) const SOCKET_BUF: usize = 212_992;
-pub(crate) const PIPE_BUF_DEFAULT: usize = 65_536;
+pub const SOCKET_BUF: usize = 212_992;
+pub const PIPE_BUF_DEFAULT: usize = 65_536;
 /// Pipe writes up to `PIPE_BUF` bytes are atomic.
-pub(crate) const PIPE_BUF: usize = 4096;
+pub const PIPE_BUF: usize = 4096;
 /// Both wire formats: 32-byte messages.
-pub(crate) const MSG: usize = 32;
+pub const MSG: usize = 32;
 /// `get_next_ino()` and the tmpfs counter both start here (`fd` docs).
-pub(crate) const FIRST_INO: u64 = 100;
+pub const FIRST_INO: u64 = 100;
 /// `REFCOUNT_SATURATED`.
-pub(crate) const SATURATED: i64 = i32::MIN as i64 / 2;
+pub const SATURATED: i64 = i32::MIN as i64 / 2;
 
 /// Bus indices of the reference.
-pub(crate) const MMIO: usize = 0;
-pub(crate) const PIO: usize = 1;
-pub(crate) const FAST: usize = 2;
+pub const MMIO: usize = 0;
+pub const PIO: usize = 1;
+pub const FAST: usize = 2;
 /// `KVM_VIRTIO_CCW_NOTIFY_BUS`: an ioeventfd with the CCW flag lands there on x86 too, where
 /// nothing reads it (checked on the kernel; `tests/kvm_oracle.rs`).
-pub(crate) const CCW: usize = 3;
+pub const CCW: usize = 3;
 
-pub(crate) const MMIO_BASE: u64 = 0x1000;
-pub(crate) const PIO_BASE: u64 = 0x60;
+pub const MMIO_BASE: u64 = 0x1000;
+pub const PIO_BASE: u64 = 0x60;
 
 // ---------------------------------------------------------------------------------------------
 // What a step shows
@@ -69,7 +68,7 @@ pub(crate) const PIO_BASE: u64 = 0x60;
 
 /// The result of one operation, as the script prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Obs {
+pub enum Obs {
     Vm(usize),
     Eventfd(i32),
     Fds(i32, i32),
@@ -80,7 +79,7 @@ pub(crate) enum Obs {
 
 /// An access outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Acc {
+pub enum Acc {
     Ioregion {
         user_data: u64,
         is_write: bool,
@@ -144,12 +143,12 @@ impl fmt::Display for Obs {
 
 /// What the reference predicts for one step.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Expect {
-    pub(crate) obs: Obs,
+pub struct Expect {
+    pub obs: Obs,
     /// Event violation ids recorded during the step, sorted.
-    pub(crate) events: Vec<&'static str>,
+    pub events: Vec<&'static str>,
     /// Structural violation ids standing after the step, sorted.
-    pub(crate) structure: Vec<&'static str>,
+    pub structure: Vec<&'static str>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,17 +156,17 @@ pub(crate) struct Expect {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Sb {
+pub enum Sb {
     Anon,
     Sockfs,
     Pipefs,
     Tmpfs,
 }
 
-pub(crate) type Ino = (Sb, u64);
+pub type Ino = (Sb, u64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ChanKind {
+pub enum ChanKind {
     Stream,
     Seqpacket,
     Pipe,
@@ -175,26 +174,26 @@ pub(crate) enum ChanKind {
 
 /// Ghost identity of an access: (VM, vCPU). Every access is made by a new sequential vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Tag {
-    pub(crate) vm: usize,
-    pub(crate) vcpu: usize,
+pub struct Tag {
+    pub vm: usize,
+    pub vcpu: usize,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Chan {
-    pub(crate) kind: ChanKind,
-    pub(crate) cap: usize,
-    pub(crate) bytes: VecDeque<u8>,
-    pub(crate) msgs: VecDeque<Vec<u8>>,
-    pub(crate) queued: usize,
-    pub(crate) readers: usize,
-    pub(crate) writers: usize,
+pub struct Chan {
+    pub kind: ChanKind,
+    pub cap: usize,
+    pub bytes: VecDeque<u8>,
+    pub msgs: VecDeque<Vec<u8>>,
+    pub queued: usize,
+    pub readers: usize,
+    pub writers: usize,
     /// Ghost: the access each queued byte belongs to, as runs (tag, length) in queue order.
-    pub(crate) tags: VecDeque<(Option<Tag>, usize)>,
+    pub tags: VecDeque<(Option<Tag>, usize)>,
 }
 
 impl Chan {
-    pub(crate) fn push_tags(&mut self, tag: Option<Tag>, n: usize) {
+    pub fn push_tags(&mut self, tag: Option<Tag>, n: usize) {
         match self.tags.back_mut() {
             Some((t, len)) if *t == tag => *len += n,
             _ => self.tags.push_back((tag, n)),
@@ -202,7 +201,7 @@ impl Chan {
     }
 
     /// The tags of the next `n` bytes, each once, in order (untagged bytes have none).
-    pub(crate) fn take_tags(&mut self, mut n: usize) -> Vec<Tag> {
+    pub fn take_tags(&mut self, mut n: usize) -> Vec<Tag> {
         let mut out = Vec::new();
         while n > 0 {
             let Some((tag, len)) = self.tags.front_mut() else { break };
@@ -223,7 +222,7 @@ impl Chan {
 }
 
 /// Appends `tags` to `into`, a tag once per run.
-pub(crate) fn merge_tags(into: &mut Vec<Tag>, tags: Vec<Tag>) {
+pub fn merge_tags(into: &mut Vec<Tag>, tags: Vec<Tag>) {
     for t in tags {
         if into.last() != Some(&t) {
             into.push(t);
@@ -232,7 +231,7 @@ pub(crate) fn merge_tags(into: &mut Vec<Tag>, tags: Vec<Tag>) {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FKind {
+pub enum FKind {
     Eventfd(usize),
     Socket { rx: usize, tx: usize },
     PipeRead(usize),
@@ -241,80 +240,80 @@ pub(crate) enum FKind {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct RFile {
-    pub(crate) ino: Ino,
-    pub(crate) kind: FKind,
-    pub(crate) nonblock: bool,
-    pub(crate) refs: i64,
-    pub(crate) live: bool,
+pub struct RFile {
+    pub ino: Ino,
+    pub kind: FKind,
+    pub nonblock: bool,
+    pub refs: i64,
+    pub live: bool,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Efd {
-    pub(crate) label: i32,
-    pub(crate) count: u64,
-    pub(crate) refs: i64,
+pub struct Efd {
+    pub label: i32,
+    pub count: u64,
+    pub refs: i64,
 }
 
 /// The seed ioregionfd object.
 #[derive(Clone, Debug)]
-pub(crate) struct Obj {
-    pub(crate) cmd: usize,
-    pub(crate) resp: usize,
+pub struct Obj {
+    pub cmd: usize,
+    pub resp: usize,
     /// Regions registered (or modified) with it, for the last-close rule.
-    pub(crate) hooks: Vec<usize>,
+    pub hooks: Vec<usize>,
 }
 
 /// Where KVM writes commands or reads responses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum End {
+pub enum End {
     File(usize),
     Obj(usize),
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Ctx {
-    pub(crate) busy: bool,
+pub struct Ctx {
+    pub busy: bool,
     /// proposed: the send side, held around SEND_CMD by writers of this inode.
-    pub(crate) send_busy: bool,
-    pub(crate) refs: i64,
-    pub(crate) live: bool,
+    pub send_busy: bool,
+    pub refs: i64,
+    pub live: bool,
     /// rfc-v3 and seed: where responses are read.
-    pub(crate) resp: Option<End>,
+    pub resp: Option<End>,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Region {
-    pub(crate) vm: usize,
-    pub(crate) bus: usize,
-    pub(crate) paddr: u64,
-    pub(crate) size: u64,
-    pub(crate) user_data: u64,
-    pub(crate) posted: bool,
-    pub(crate) cmd: End,
-    pub(crate) ctx: Option<usize>,
+pub struct Region {
+    pub vm: usize,
+    pub bus: usize,
+    pub paddr: u64,
+    pub size: u64,
+    pub user_data: u64,
+    pub posted: bool,
+    pub cmd: End,
+    pub ctx: Option<usize>,
     /// proposed: the context of the write file's inode, whose send side is taken around each
     /// SEND_CMD (every writer of a channel serialized; nothing waits while holding it).
-    pub(crate) send_ctx: Option<usize>,
+    pub send_ctx: Option<usize>,
     /// proposed: the region's own read file.
-    pub(crate) rfile: Option<usize>,
-    pub(crate) live: bool,
+    pub rfile: Option<usize>,
+    pub live: bool,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Ioev {
-    pub(crate) vm: usize,
-    pub(crate) bus: usize,
-    pub(crate) addr: u64,
-    pub(crate) len: u32,
-    pub(crate) efd: usize,
-    pub(crate) wildcard: bool,
-    pub(crate) datamatch: u64,
-    pub(crate) live: bool,
+pub struct Ioev {
+    pub vm: usize,
+    pub bus: usize,
+    pub addr: u64,
+    pub len: u32,
+    pub efd: usize,
+    pub wildcard: bool,
+    pub datamatch: u64,
+    pub live: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dev {
+pub enum Dev {
     Region(usize),
     Ioev(usize),
     Zone(usize),
@@ -322,56 +321,56 @@ pub(crate) enum Dev {
 
 /// A coalesced MMIO zone (`KVM_REGISTER_COALESCED_MMIO`; spec `kvm-io-bus.md`).
 #[derive(Clone, Debug)]
-pub(crate) struct Zone {
-    pub(crate) vm: usize,
-    pub(crate) addr: u64,
-    pub(crate) size: u32,
-    pub(crate) pio: u32,
-    pub(crate) live: bool,
+pub struct Zone {
+    pub vm: usize,
+    pub addr: u64,
+    pub size: u32,
+    pub pio: u32,
+    pub live: bool,
 }
 
 /// `coalesced_mmio_in_range`: `(addr, len)` lies inside the zone; `len` is an `int`, and the
 /// zone's end is computed in 64 bits without an overflow check.
-pub(crate) fn zone_holds(z: &Zone, addr: u64, len: i32) -> bool {
+pub fn zone_holds(z: &Zone, addr: u64, len: i32) -> bool {
     let Ok(len) = u64::try_from(len) else { return false };
     addr.checked_add(len).is_some_and(|end| addr >= z.addr && end <= z.addr.wrapping_add(u64::from(z.size)))
 }
 
 /// Usable entries of the coalesced ring (`KVM_COALESCED_MMIO_MAX` - 1: one slot stays empty).
-pub(crate) const RING_USABLE: usize = 169;
+pub const RING_USABLE: usize = 169;
 
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Entry {
-    pub(crate) addr: u64,
-    pub(crate) len: i32,
-    pub(crate) dev: Dev,
+pub struct Entry {
+    pub addr: u64,
+    pub len: i32,
+    pub dev: Dev,
 }
 
 #[derive(Clone, Debug, Default)]
-pub(crate) struct RVm {
-    pub(crate) lists: [Vec<usize>; 4],
-    pub(crate) arrays: [Vec<Entry>; 4],
-    pub(crate) vcpus: usize,
+pub struct RVm {
+    pub lists: [Vec<usize>; 4],
+    pub arrays: [Vec<Entry>; 4],
+    pub vcpus: usize,
     /// VMX/EPT backend: pages with an MMIO SPTE take the fast path (FAST_MMIO, length 0).
-    pub(crate) vmx: bool,
-    pub(crate) sptes: std::collections::BTreeSet<u64>,
+    pub vmx: bool,
+    pub sptes: std::collections::BTreeSet<u64>,
     /// Entries in the coalesced ring (nothing drains it in a script).
-    pub(crate) ring: usize,
+    pub ring: usize,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Device {
-    pub(crate) cmd: usize,
-    pub(crate) resp: usize,
-    pub(crate) mem: BTreeMap<(u64, u64), u64>,
-    pub(crate) partial: Vec<u8>,
-    pub(crate) partial_tags: Vec<Tag>,
-    pub(crate) stopped: bool,
+pub struct Device {
+    pub cmd: usize,
+    pub resp: usize,
+    pub mem: BTreeMap<(u64, u64), u64>,
+    pub partial: Vec<u8>,
+    pub partial_tags: Vec<Tag>,
+    pub stopped: bool,
 }
 
 /// The result of one read or write call (`fd::channel` docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tr {
+pub enum Tr {
     Done(usize),
     Failed(Errno),
     WouldBlock,
@@ -379,7 +378,7 @@ pub(crate) enum Tr {
 
 /// How a dispatch did not complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fail {
+pub enum Fail {
     /// No device took the access (`EOPNOTSUPP`).
     NoDevice,
     Blocked,
@@ -390,67 +389,67 @@ pub(crate) enum Fail {
 
 /// A decoded command.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Cmd {
-    pub(crate) write: bool,
-    pub(crate) exp: u32,
-    pub(crate) resp: bool,
-    pub(crate) user_data: u64,
-    pub(crate) offset: u64,
-    pub(crate) data: u64,
+pub struct Cmd {
+    pub write: bool,
+    pub exp: u32,
+    pub resp: bool,
+    pub user_data: u64,
+    pub offset: u64,
+    pub data: u64,
 }
 
 /// Counters of what happened, for the coverage report.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Seen {
-    pub(crate) handled_read: usize,
-    pub(crate) handled_write: usize,
-    pub(crate) blocked: usize,
-    pub(crate) exits_after_send: usize,
-    pub(crate) shared_ctx: usize,
-    pub(crate) short_transfer: usize,
-    pub(crate) fast_path: usize,
+pub struct Seen {
+    pub handled_read: usize,
+    pub handled_write: usize,
+    pub blocked: usize,
+    pub exits_after_send: usize,
+    pub shared_ctx: usize,
+    pub short_transfer: usize,
+    pub fast_path: usize,
     /// proposed: doorbell reads (nothing sent), doorbell writes that complete, registrations
     /// refused for one pipe in both directions, removals of a region whose context a blocked
     /// access holds. (A send waiting for a command channel's send side needs a vCPU blocked in
     /// the middle of a message; the loom scenarios cover it.)
-    pub(crate) doorbell_reads: usize,
-    pub(crate) doorbell_writes: usize,
-    pub(crate) looped_refused: usize,
-    pub(crate) removed_under_claim: usize,
+    pub doorbell_reads: usize,
+    pub doorbell_writes: usize,
+    pub looped_refused: usize,
+    pub removed_under_claim: usize,
 }
 
 /// The whole modelled host, as the reference sees it.
 #[derive(Clone, Debug)]
-pub(crate) struct World {
-    pub(crate) design: Design,
+pub struct World {
+    pub design: Design,
     /// proposed: a sanely wired userspace, and no violation at all (see [`World::admits`]).
-    pub(crate) strict: bool,
-    pub(crate) fds: BTreeMap<i32, usize>,
-    pub(crate) files: Vec<RFile>,
-    pub(crate) chans: Vec<Chan>,
-    pub(crate) efds: Vec<Efd>,
-    pub(crate) objs: Vec<Obj>,
-    pub(crate) ctxs: Vec<Ctx>,
-    pub(crate) regions: Vec<Region>,
-    pub(crate) ioevs: Vec<Ioev>,
+    pub strict: bool,
+    pub fds: BTreeMap<i32, usize>,
+    pub files: Vec<RFile>,
+    pub chans: Vec<Chan>,
+    pub efds: Vec<Efd>,
+    pub objs: Vec<Obj>,
+    pub ctxs: Vec<Ctx>,
+    pub regions: Vec<Region>,
+    pub ioevs: Vec<Ioev>,
     /// Coalesced zones, in registration order (`kvm->coalesced_zones`).
-    pub(crate) zones: Vec<Zone>,
-    pub(crate) vms: Vec<RVm>,
-    pub(crate) devices: Vec<Device>,
-    pub(crate) next_ino: u64,
-    pub(crate) next_tmpfs_ino: u64,
+    pub zones: Vec<Zone>,
+    pub vms: Vec<RVm>,
+    pub devices: Vec<Device>,
+    pub next_ino: u64,
+    pub next_tmpfs_ino: u64,
     /// proposed: contexts by read-file inode; seed: by object.
-    pub(crate) ctx_by_ino: BTreeMap<Ino, usize>,
-    pub(crate) ctx_by_obj: BTreeMap<usize, usize>,
+    pub ctx_by_ino: BTreeMap<Ino, usize>,
+    pub ctx_by_obj: BTreeMap<usize, usize>,
     /// Ghost: the commands devices read (by tag).
-    pub(crate) delivered: Vec<Tag>,
+    pub delivered: Vec<Tag>,
     /// Event violations of the current step.
-    pub(crate) viol: Vec<&'static str>,
-    pub(crate) last: Option<Expect>,
-    pub(crate) seen: Seen,
+    pub viol: Vec<&'static str>,
+    pub last: Option<Expect>,
+    pub seen: Seen,
 }
 
-pub(crate) fn kget(refs: &mut i64) -> bool {
+pub fn kget(refs: &mut i64) -> bool {
     let before = *refs;
     *refs += 1;
     if before == 0 {
@@ -464,7 +463,7 @@ pub(crate) fn kget(refs: &mut i64) -> bool {
 }
 
 /// (violation, last reference gone)
-pub(crate) fn kput(refs: &mut i64) -> (bool, bool) {
+pub fn kput(refs: &mut i64) -> (bool, bool) {
     let before = *refs;
     *refs -= 1;
     if before <= 0 {
@@ -474,7 +473,7 @@ pub(crate) fn kput(refs: &mut i64) -> (bool, bool) {
 }
 
 /// `kvm_io_bus_cmp`.
-pub(crate) fn bus_cmp(r1: (u64, i32), r2: (u64, i32)) -> i32 {
+pub fn bus_cmp(r1: (u64, i32), r2: (u64, i32)) -> i32 {
     let (mut a1, mut a2) = (r1.0, r2.0);
     if a1 < a2 {
         return -1;
@@ -487,41 +486,33 @@ pub(crate) fn bus_cmp(r1: (u64, i32), r2: (u64, i32)) -> i32 {
 }
 
 /// rfc-v3's `overlap()`.
-pub(crate) fn v3_overlap(start1: u64, size1: u64, start2: u64, size2: u64) -> bool {
+pub fn v3_overlap(start1: u64, size1: u64, start2: u64, size2: u64) -> bool {
     let end1 = start1.wrapping_add(size1).wrapping_sub(1);
     let end2 = start2.wrapping_add(size2).wrapping_sub(1);
     !(end1 < start2 || start1 >= end2)
 }
 
-pub(crate) fn v3_size(size: u64) -> u64 {
+pub fn v3_size(size: u64) -> u64 {
     if size == 0 { 8 } else { size }
 }
 
 /// Interval overlap, size 0 as its one byte.
-pub(crate) fn exact_overlap(start1: u64, size1: u64, start2: u64, size2: u64) -> bool {
+pub fn exact_overlap(start1: u64, size1: u64, start2: u64, size2: u64) -> bool {
     let end1 = start1.saturating_add(size1.max(1));
     let end2 = start2.saturating_add(size2.max(1));
     start1 < end2 && start2 < end1
 }
 
-pub(crate) fn mask(len: usize) -> u64 {
+pub fn mask(len: usize) -> u64 {
     if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 }
 }
 
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// The command image (spec: "Wire format", seed and v3).
-pub(crate) fn encode_cmd(
-    seed: bool,
-    write: bool,
-    exp: u32,
-    resp: bool,
-    user_data: u64,
-    offset: u64,
-    data: u64,
-) -> [u8; MSG] {
+pub fn encode_cmd(seed: bool, write: bool, exp: u32, resp: bool, user_data: u64, offset: u64, data: u64) -> [u8; MSG] {
     let mut b = [0u8; MSG];
     if seed {
         let info = u32::from(write) | (exp << 4) | (u32::from(resp) << 6);
@@ -538,7 +529,7 @@ pub(crate) fn encode_cmd(
 
 /// What a device accepts (reserved bits zero, command 0/1, exponent <= 3, a read's resp bit as
 /// the format has it, no data beyond the size).
-pub(crate) fn decode_cmd(seed: bool, b: &[u8]) -> Option<Cmd> {
+pub fn decode_cmd(seed: bool, b: &[u8]) -> Option<Cmd> {
     let (cmd, exp, resp) = if seed {
         let info = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
         if info & !0x7f != 0 || b[4..8].iter().any(|&x| x != 0) {
@@ -566,7 +557,7 @@ pub(crate) fn decode_cmd(seed: bool, b: &[u8]) -> Option<Cmd> {
     Some(Cmd { write, exp, resp, user_data: u64_at(b, 8), offset: u64_at(b, 16), data })
 }
 
-pub(crate) fn bus_index(bus: BusKind) -> usize {
+pub fn bus_index(bus: BusKind) -> usize {
     match bus {
         BusKind::Mmio => MMIO,
         BusKind::Pio => PIO,
@@ -576,7 +567,7 @@ pub(crate) fn bus_index(bus: BusKind) -> usize {
 }
 
 impl World {
-    pub(crate) fn new(design: Design) -> Self {
+    pub fn new(design: Design) -> Self {
         World {
             design,
             strict: design == Design::Proposed,
@@ -602,35 +593,35 @@ impl World {
         }
     }
 
-    pub(crate) fn seed(&self) -> bool {
+    pub fn seed(&self) -> bool {
         self.design == Design::Seed
     }
 
-    pub(crate) fn rfc(&self) -> bool {
+    pub fn rfc(&self) -> bool {
         self.design == Design::RfcV3
     }
 
-    pub(crate) fn proposed(&self) -> bool {
+    pub fn proposed(&self) -> bool {
         self.design == Design::Proposed
     }
 
-    pub(crate) fn lifetime(&mut self) {
+    pub fn lifetime(&mut self) {
         self.viol.push("lifetime");
     }
 
     // ---- files and the fd table ----
 
-    pub(crate) fn next_fd(&self) -> i32 {
+    pub fn next_fd(&self) -> i32 {
         (3..).find(|n| !self.fds.contains_key(n)).expect("a free fd")
     }
 
-    pub(crate) fn install(&mut self, f: usize) -> i32 {
+    pub fn install(&mut self, f: usize) -> i32 {
         let fd = self.next_fd();
         self.fds.insert(fd, f);
         fd
     }
 
-    pub(crate) fn ino(&mut self, sb: Sb) -> Ino {
+    pub fn ino(&mut self, sb: Sb) -> Ino {
         let counter = match sb {
             Sb::Anon => return (sb, 1),
             Sb::Tmpfs => &mut self.next_tmpfs_ino,
@@ -641,12 +632,12 @@ impl World {
         (sb, n)
     }
 
-    pub(crate) fn new_file(&mut self, ino: Ino, kind: FKind, nonblock: bool) -> usize {
+    pub fn new_file(&mut self, ino: Ino, kind: FKind, nonblock: bool) -> usize {
         self.files.push(RFile { ino, kind, nonblock, refs: 1, live: true });
         self.files.len() - 1
     }
 
-    pub(crate) fn new_chan(&mut self, kind: ChanKind, cap: usize) -> usize {
+    pub fn new_chan(&mut self, kind: ChanKind, cap: usize) -> usize {
         self.chans.push(Chan {
             kind,
             cap,
@@ -660,13 +651,13 @@ impl World {
         self.chans.len() - 1
     }
 
-    pub(crate) fn file_get(&mut self, f: usize) {
+    pub fn file_get(&mut self, f: usize) {
         if kget(&mut self.files[f].refs) {
             self.lifetime();
         }
     }
 
-    pub(crate) fn file_put(&mut self, f: usize) {
+    pub fn file_put(&mut self, f: usize) {
         let (v, last) = kput(&mut self.files[f].refs);
         if v {
             self.lifetime();
@@ -676,13 +667,13 @@ impl World {
         }
     }
 
-    pub(crate) fn fget(&mut self, fd: i32) -> Result<usize, Errno> {
+    pub fn fget(&mut self, fd: i32) -> Result<usize, Errno> {
         let f = *self.fds.get(&fd).ok_or(Errno::EBADF)?;
         self.file_get(f);
         Ok(f)
     }
 
-    pub(crate) fn release(&mut self, f: usize) {
+    pub fn release(&mut self, f: usize) {
         if !self.files[f].live {
             self.lifetime();
         }
@@ -716,7 +707,7 @@ impl World {
         }
     }
 
-    pub(crate) fn read_chan(&self, f: usize) -> Option<usize> {
+    pub fn read_chan(&self, f: usize) -> Option<usize> {
         match self.files[f].kind {
             FKind::Socket { rx, .. } => Some(rx),
             FKind::PipeRead(c) => Some(c),
@@ -725,7 +716,7 @@ impl World {
         }
     }
 
-    pub(crate) fn write_chan(&self, f: usize) -> Option<usize> {
+    pub fn write_chan(&self, f: usize) -> Option<usize> {
         match self.files[f].kind {
             FKind::Socket { tx, .. } => Some(tx),
             FKind::PipeWrite(c) => Some(c),
@@ -736,7 +727,7 @@ impl World {
 
     // ---- channels ----
 
-    pub(crate) fn chan_write(&mut self, c: usize, buf: &[u8], nonblock: bool, tag: Option<Tag>) -> Tr {
+    pub fn chan_write(&mut self, c: usize, buf: &[u8], nonblock: bool, tag: Option<Tag>) -> Tr {
         let ch = &mut self.chans[c];
         if ch.readers == 0 {
             return Tr::Failed(Errno::EPIPE);
@@ -771,7 +762,7 @@ impl World {
     }
 
     /// (result, bytes, their tags)
-    pub(crate) fn chan_read(&mut self, c: usize, want: usize, nonblock: bool) -> (Tr, Vec<u8>, Vec<Tag>) {
+    pub fn chan_read(&mut self, c: usize, want: usize, nonblock: bool) -> (Tr, Vec<u8>, Vec<Tag>) {
         let ch = &mut self.chans[c];
         if ch.queued > 0 {
             let (out, tags): (Vec<u8>, Vec<Tag>) = match ch.kind {
@@ -802,7 +793,7 @@ impl World {
         (t, Vec::new(), Vec::new())
     }
 
-    pub(crate) fn file_read(&mut self, f: usize, want: usize) -> (Tr, Vec<u8>, Vec<Tag>) {
+    pub fn file_read(&mut self, f: usize, want: usize) -> (Tr, Vec<u8>, Vec<Tag>) {
         if !self.files[f].live {
             self.lifetime();
             return (Tr::Failed(Errno::EBADF), Vec::new(), Vec::new());
@@ -823,7 +814,7 @@ impl World {
         }
     }
 
-    pub(crate) fn file_write(&mut self, f: usize, buf: &[u8], tag: Option<Tag>) -> Tr {
+    pub fn file_write(&mut self, f: usize, buf: &[u8], tag: Option<Tag>) -> Tr {
         if !self.files[f].live {
             self.lifetime();
             return Tr::Failed(Errno::EBADF);
@@ -836,14 +827,14 @@ impl World {
         }
     }
 
-    pub(crate) fn end_write(&mut self, e: End, buf: &[u8], tag: Tag) -> Tr {
+    pub fn end_write(&mut self, e: End, buf: &[u8], tag: Tag) -> Tr {
         match e {
             End::File(f) => self.file_write(f, buf, Some(tag)),
             End::Obj(o) => self.chan_write(self.objs[o].cmd, buf, false, Some(tag)),
         }
     }
 
-    pub(crate) fn end_read(&mut self, e: End, want: usize) -> (Tr, Vec<u8>, Vec<Tag>) {
+    pub fn end_read(&mut self, e: End, want: usize) -> (Tr, Vec<u8>, Vec<Tag>) {
         match e {
             End::File(f) => self.file_read(f, want),
             End::Obj(o) => self.chan_read(self.objs[o].resp, want, false),
@@ -852,7 +843,7 @@ impl World {
 
     // ---- served devices ----
 
-    pub(crate) fn pump(&mut self) {
+    pub fn pump(&mut self) {
         loop {
             let mut handled = 0;
             for i in 0..self.devices.len() {
@@ -864,7 +855,7 @@ impl World {
         }
     }
 
-    pub(crate) fn run_device(&mut self, i: usize) -> usize {
+    pub fn run_device(&mut self, i: usize) -> usize {
         let mut handled = 0;
         while !self.devices[i].stopped {
             let want = MSG - self.devices[i].partial.len();
@@ -895,7 +886,7 @@ impl World {
     /// Spec, "Device side": read a command; reply to reads with the value; apply writes and reply
     /// only when resp is set.
     /// A message made of bytes of more than one command is a `wire` violation too.
-    pub(crate) fn device_handle(&mut self, i: usize, message: &[u8], tags: &[Tag]) {
+    pub fn device_handle(&mut self, i: usize, message: &[u8], tags: &[Tag]) {
         if tags.len() > 1 {
             self.viol.push("wire");
         }
@@ -931,13 +922,13 @@ impl World {
 
     // ---- contexts ----
 
-    pub(crate) fn ctx_get(&mut self, c: usize) {
+    pub fn ctx_get(&mut self, c: usize) {
         if kget(&mut self.ctxs[c].refs) {
             self.lifetime();
         }
     }
 
-    pub(crate) fn ctx_put(&mut self, c: usize) {
+    pub fn ctx_put(&mut self, c: usize) {
         let (v, last) = kput(&mut self.ctxs[c].refs);
         if v {
             self.lifetime();
@@ -950,20 +941,20 @@ impl World {
         }
     }
 
-    pub(crate) fn new_ctx(&mut self, refs: i64, resp: Option<End>) -> usize {
+    pub fn new_ctx(&mut self, refs: i64, resp: Option<End>) -> usize {
         self.ctxs.push(Ctx { busy: false, send_busy: false, refs, live: true, resp });
         self.ctxs.len() - 1
     }
 
     // ---- buses ----
 
-    pub(crate) fn insert_entry(&mut self, vm: usize, bus: usize, addr: u64, len: i32, dev: Dev) {
+    pub fn insert_entry(&mut self, vm: usize, bus: usize, addr: u64, len: i32, dev: Dev) {
         let arr = &mut self.vms[vm].arrays[bus];
         let i = arr.iter().position(|e| bus_cmp((e.addr, e.len), (addr, len)) > 0).unwrap_or(arr.len());
         arr.insert(i, Entry { addr, len, dev });
     }
 
-    pub(crate) fn remove_entry(&mut self, vm: usize, bus: usize, dev: Dev) {
+    pub fn remove_entry(&mut self, vm: usize, bus: usize, dev: Dev) {
         let arr = &mut self.vms[vm].arrays[bus];
         if let Some(i) = arr.iter().position(|e| e.dev == dev) {
             arr.remove(i);
@@ -971,7 +962,7 @@ impl World {
     }
 
     /// Linux's bsearch with `kvm_io_bus_cmp`, then the walk back to the first equal entry.
-    pub(crate) fn first_dev(arr: &[Entry], key: (u64, i32)) -> Option<usize> {
+    pub fn first_dev(arr: &[Entry], key: (u64, i32)) -> Option<usize> {
         let (mut base, mut num) = (0usize, arr.len());
         let mut found = None;
         while num > 0 {
@@ -995,7 +986,7 @@ impl World {
     }
 
     /// Unregisters a region from its bus and releases it (the design's `ioregion_release`).
-    pub(crate) fn unregister_region(&mut self, r: usize) {
+    pub fn unregister_region(&mut self, r: usize) {
         let (vm, bus) = (self.regions[r].vm, self.regions[r].bus);
         self.remove_entry(vm, bus, Dev::Region(r));
         self.vms[vm].lists[bus].retain(|&x| x != r);
@@ -1023,7 +1014,7 @@ impl World {
     }
 
     /// Removal: the first region on `bus` with exactly this address and size.
-    pub(crate) fn rm_region(&mut self, vm: usize, bus: usize, paddr: u64, size: u64) -> Result<(), Errno> {
+    pub fn rm_region(&mut self, vm: usize, bus: usize, paddr: u64, size: u64) -> Result<(), Errno> {
         let found = self.vms[vm].lists[bus]
             .iter()
             .copied()
@@ -1036,7 +1027,7 @@ impl World {
 
     // ---- KVM_SET_IOREGION, rfc-v3 structure ----
 
-    pub(crate) fn set_ioregion_v3(&mut self, vm: usize, a: &KvmIoregionV3) -> Result<(), Errno> {
+    pub fn set_ioregion_v3(&mut self, vm: usize, a: &KvmIoregionV3) -> Result<(), Errno> {
         if vm >= self.vms.len() {
             return Err(Errno::EBADF);
         }
@@ -1075,7 +1066,7 @@ impl World {
         Ok(())
     }
 
-    pub(crate) fn v3_collides(&self, vm: usize, bus: usize, paddr: u64, size: u64) -> bool {
+    pub fn v3_collides(&self, vm: usize, bus: usize, paddr: u64, size: u64) -> bool {
         let regions = self.vms[vm].lists[bus].iter().map(|&r| (self.regions[r].paddr, self.regions[r].size));
         let ioevs = self.ioevs.iter().filter(|p| p.live && p.vm == vm && p.bus == bus);
         let others: Vec<(u64, u64)> = regions.chain(ioevs.map(|p| (p.addr, u64::from(p.len)))).collect();
@@ -1086,7 +1077,7 @@ impl World {
         }
     }
 
-    pub(crate) fn set_ioregion_idx(&mut self, vm: usize, bus: usize, a: &KvmIoregionV3) -> Result<(), Errno> {
+    pub fn set_ioregion_idx(&mut self, vm: usize, bus: usize, a: &KvmIoregionV3) -> Result<(), Errno> {
         let wf = self.fget(a.write_fd)?;
         let rf = if a.memory_size != 0 {
             match self.fget(a.read_fd) {
@@ -1167,7 +1158,7 @@ impl World {
 
     /// Whether read file `rf` and write file `wf` are the read end and the write end of one pipe
     /// or FIFO (one inode).
-    pub(crate) fn looped(&self, rf: usize, wf: usize) -> bool {
+    pub fn looped(&self, rf: usize, wf: usize) -> bool {
         self.files[rf].ino == self.files[wf].ino
             && matches!(self.files[rf].kind, FKind::PipeRead(_))
             && matches!(self.files[wf].kind, FKind::PipeWrite(_))
@@ -1175,7 +1166,7 @@ impl World {
 
     /// rfc-v3 `ioregion_get_ctx`; proposed: one context per inode (a region's read file, any
     /// write file), host-wide.
-    pub(crate) fn find_context(&mut self, vm: usize, bus: usize, rf: usize) -> Result<usize, Errno> {
+    pub fn find_context(&mut self, vm: usize, bus: usize, rf: usize) -> Result<usize, Errno> {
         if self.rfc() {
             for r in self.vms[vm].lists[bus].clone() {
                 let Some(c) = self.regions[r].ctx else {
@@ -1211,7 +1202,7 @@ impl World {
 
     // ---- KVM_SET_IOREGION, seed structure ----
 
-    pub(crate) fn set_ioregion_seed(&mut self, vm: usize, a: &KvmIoregionSeed) -> Result<(), Errno> {
+    pub fn set_ioregion_seed(&mut self, vm: usize, a: &KvmIoregionSeed) -> Result<(), Errno> {
         if vm >= self.vms.len() {
             return Err(Errno::EBADF);
         }
@@ -1294,7 +1285,7 @@ impl World {
 
     // ---- KVM_IOEVENTFD ----
 
-    pub(crate) fn efd_get(&mut self, fd: i32) -> Result<usize, Errno> {
+    pub fn efd_get(&mut self, fd: i32) -> Result<usize, Errno> {
         let f = *self.fds.get(&fd).ok_or(Errno::EBADF)?;
         let FKind::Eventfd(e) = self.files[f].kind else { return Err(Errno::EINVAL) };
         if kget(&mut self.efds[e].refs) {
@@ -1303,13 +1294,13 @@ impl World {
         Ok(e)
     }
 
-    pub(crate) fn efd_put(&mut self, e: usize) {
+    pub fn efd_put(&mut self, e: usize) {
         if kput(&mut self.efds[e].refs).0 {
             self.lifetime();
         }
     }
 
-    pub(crate) fn ioeventfd(&mut self, vm: usize, op: &Op) -> Result<(), Errno> {
+    pub fn ioeventfd(&mut self, vm: usize, op: &Op) -> Result<(), Errno> {
         let Op::Ioeventfd { bus, addr, len, fd, datamatch, deassign, extra_flags, .. } = *op else { unreachable!() };
         if vm >= self.vms.len() {
             return Err(Errno::EBADF);
@@ -1363,7 +1354,7 @@ impl World {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ioeventfd_assign(
+    pub fn ioeventfd_assign(
         &mut self,
         vm: usize,
         bus: usize,
@@ -1402,12 +1393,12 @@ impl World {
         Ok(())
     }
 
-    pub(crate) fn vm_ioevs(&self, vm: usize) -> Vec<usize> {
+    pub fn vm_ioevs(&self, vm: usize) -> Vec<usize> {
         (0..self.ioevs.len()).filter(|&i| self.ioevs[i].live && self.ioevs[i].vm == vm).collect()
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ioeventfd_deassign(
+    pub fn ioeventfd_deassign(
         &mut self,
         vm: usize,
         bus: usize,
@@ -1444,7 +1435,7 @@ impl World {
 
     /// `KVM_REGISTER_COALESCED_MMIO`: `pio` 0 or 1 picks the bus; no overlap check; the bus
     /// entry's len is the size as an `int`. proposed refuses a size above `INT_MAX`.
-    pub(crate) fn register_zone(&mut self, vm: usize, addr: u64, size: u32, pio: u32) -> Result<(), Errno> {
+    pub fn register_zone(&mut self, vm: usize, addr: u64, size: u32, pio: u32) -> Result<(), Errno> {
         if vm >= self.vms.len() {
             return Err(Errno::EBADF);
         }
@@ -1459,7 +1450,7 @@ impl World {
 
     /// `KVM_UNREGISTER_COALESCED_MMIO`: removes, in registration order, every zone of the same
     /// kind that holds the requested range (whose size is an `int` too), and always succeeds.
-    pub(crate) fn unregister_zone(&mut self, vm: usize, addr: u64, size: u32, pio: u32) -> Result<(), Errno> {
+    pub fn unregister_zone(&mut self, vm: usize, addr: u64, size: u32, pio: u32) -> Result<(), Errno> {
         if vm >= self.vms.len() {
             return Err(Errno::EBADF);
         }
@@ -1478,14 +1469,7 @@ impl World {
 
     // ---- guest accesses ----
 
-    pub(crate) fn access(
-        &mut self,
-        vm: usize,
-        bus: BusKind,
-        addr: u64,
-        len: usize,
-        value: Option<u64>,
-    ) -> Result<Acc, Errno> {
+    pub fn access(&mut self, vm: usize, bus: BusKind, addr: u64, len: usize, value: Option<u64>) -> Result<Acc, Errno> {
         if vm >= self.vms.len() {
             return Err(Errno::EBADF);
         }
@@ -1523,7 +1507,7 @@ impl World {
     /// `__kvm_io_bus_write`/`_read`: Linux's bsearch, the walk back, then every entry that holds
     /// the access in turn until one takes it (ioeventfds decline reads and other values); a
     /// device error other than `EOPNOTSUPP` ends the walk.
-    pub(crate) fn dispatch(
+    pub fn dispatch(
         &mut self,
         vm: usize,
         b: usize,
@@ -1580,17 +1564,17 @@ impl World {
         Err(Fail::NoDevice)
     }
 
-    pub(crate) fn unlock_send(&mut self, ctx: Option<usize>) {
+    pub fn unlock_send(&mut self, ctx: Option<usize>) {
         self.release_side(ctx, true);
     }
 
-    pub(crate) fn unlock(&mut self, ctx: Option<usize>) {
+    pub fn unlock(&mut self, ctx: Option<usize>) {
         self.release_side(ctx, false);
     }
 
     /// Releases a context's response side (or, `send`, its send side); a freed context is a
     /// `lifetime` violation.
-    pub(crate) fn release_side(&mut self, ctx: Option<usize>, send: bool) {
+    pub fn release_side(&mut self, ctx: Option<usize>, send: bool) {
         let Some(c) = ctx else { return };
         if !self.ctxs[c].live {
             self.lifetime();
@@ -1609,7 +1593,7 @@ impl World {
     /// file and its read file; the transaction puts them when it completes or fails. A blocked
     /// access keeps its claim (and the context lock if it holds it) forever: the context outlives
     /// a DEASSIGN of the region, and the files their last close.
-    pub(crate) fn ioregion_access(
+    pub fn ioregion_access(
         &mut self,
         r: usize,
         tag: Tag,
@@ -1651,7 +1635,7 @@ impl World {
 
     /// Takes a context's response side (or, `send`, its send side): `Blocked` when another
     /// access holds it; a freed context is a `lifetime` violation (and nothing to wait for).
-    pub(crate) fn take(&mut self, ctx: Option<usize>, send: bool) -> Result<(), Fail> {
+    pub fn take(&mut self, ctx: Option<usize>, send: bool) -> Result<(), Fail> {
         let Some(c) = ctx else { return Ok(()) };
         if !self.ctxs[c].live {
             self.lifetime();
@@ -1666,14 +1650,7 @@ impl World {
     }
 
     /// Takes the region's context, SEND_CMD, GET_REPLY, releases the context.
-    pub(crate) fn transaction(
-        &mut self,
-        r: usize,
-        tag: Tag,
-        addr: u64,
-        len: usize,
-        value: Option<u64>,
-    ) -> Result<u64, Fail> {
+    pub fn transaction(&mut self, r: usize, tag: Tag, addr: u64, len: usize, value: Option<u64>) -> Result<u64, Fail> {
         let reg = self.regions[r].clone();
         let is_write = value.is_some();
         self.take(reg.ctx, false)?;
@@ -1767,7 +1744,7 @@ impl World {
 
     // ---- structure ----
 
-    pub(crate) fn structure(&self) -> Vec<&'static str> {
+    pub fn structure(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         for v in &self.vms {
             for arr in &v.arrays {
@@ -1811,7 +1788,7 @@ impl World {
 
     // ---- one operation ----
 
-    pub(crate) fn step(&mut self, op: &Op) -> Obs {
+    pub fn step(&mut self, op: &Op) -> Obs {
         match *op {
             Op::Vm { backend, .. } => {
                 self.vms.push(RVm { vmx: backend == Backend::VmxEpt, ..RVm::default() });
@@ -1913,7 +1890,7 @@ impl World {
     /// responses. (A userspace that loops responses back as commands, or sends one channel's
     /// responses where the region does not read them, makes the model's `wire`/`route` checks
     /// fire on its own mistakes.)
-    pub(crate) fn sane_wiring(&self, extra: &[(Option<usize>, Option<usize>, bool)]) -> bool {
+    pub fn sane_wiring(&self, extra: &[(Option<usize>, Option<usize>, bool)]) -> bool {
         // every region and device there ever was: what they left in a channel stays there
         let mut pairs: Vec<(Option<usize>, Option<usize>, bool)> = extra.to_vec();
         for reg in self.regions.iter().filter(|r| r.bus != FAST) {
@@ -1939,7 +1916,7 @@ impl World {
     }
 
     /// The channels a registration would use (`None` where the fd is not open: it fails).
-    pub(crate) fn region_wiring(&self, a: &KvmIoregionV3) -> Option<(Option<usize>, Option<usize>, bool)> {
+    pub fn region_wiring(&self, a: &KvmIoregionV3) -> Option<(Option<usize>, Option<usize>, bool)> {
         let wf = *self.fds.get(&a.write_fd)?;
         if a.memory_size == 0 {
             return Some((self.write_chan(wf), None, false));
@@ -1950,7 +1927,7 @@ impl World {
 
     /// proposed: whether a registration's read and write files are the two ends of one pipe or
     /// FIFO (refused with `EINVAL`, nothing registered).
-    pub(crate) fn refused_as_looped(&self, a: &KvmIoregionV3) -> bool {
+    pub fn refused_as_looped(&self, a: &KvmIoregionV3) -> bool {
         match (self.fds.get(&a.read_fd), self.fds.get(&a.write_fd)) {
             (Some(&rf), Some(&wf)) => a.memory_size != 0 && self.looped(rf, wf),
             _ => false,
@@ -1958,7 +1935,7 @@ impl World {
     }
 
     /// The socket at the other end of `fd`'s socketpair.
-    pub(crate) fn peer(&self, fd: i32) -> Option<i32> {
+    pub fn peer(&self, fd: i32) -> Option<i32> {
         let FKind::Socket { tx, .. } = self.files[*self.fds.get(&fd)?].kind else { return None };
         self.fds
             .iter()
@@ -1968,11 +1945,11 @@ impl World {
 
     // ---- what the generator picks from ----
 
-    pub(crate) fn open_fds(&self, pred: impl Fn(&FKind) -> bool) -> Vec<i32> {
+    pub fn open_fds(&self, pred: impl Fn(&FKind) -> bool) -> Vec<i32> {
         self.fds.iter().filter(|(_, f)| pred(&self.files[**f].kind)).map(|(fd, _)| *fd).collect()
     }
 
-    pub(crate) fn live_regions(&self) -> Vec<(usize, usize, u64, u64)> {
+    pub fn live_regions(&self) -> Vec<(usize, usize, u64, u64)> {
         self.regions.iter().filter(|r| r.live && r.bus != FAST).map(|r| (r.vm, r.bus, r.paddr, r.size)).collect()
     }
 }
@@ -1982,7 +1959,7 @@ impl World {
     /// keeps to, by preconditions). seed: devices serve ioregionfds only. proposed (strict): a
     /// userspace that wires its transports sanely (the registrations proposed refuses included:
     /// they change nothing).
-    pub(crate) fn admits(&self, op: &Op) -> bool {
+    pub fn admits(&self, op: &Op) -> bool {
         if self.seed() {
             // two memory devices on the two ends of a socketpair answer each other's responses
             // (an all-zero response is a valid seed read command) and the sequential pump never
@@ -2019,12 +1996,12 @@ impl World {
     /// Whether the reference implements this kind of operation: everything the script has but
     /// injected allocation failures and `design` lines (the bus reference of
     /// `tests/bus_state_machine.rs` covers allocation failures on mainline).
-    pub(crate) fn models(op: &Op) -> bool {
+    pub fn models(op: &Op) -> bool {
         !matches!(op, Op::FailNextAlloc { .. } | Op::Design(_))
     }
 
     /// Applies `op` and records what it showed in `last`.
-    pub(crate) fn apply(&mut self, op: &Op) {
+    pub fn apply(&mut self, op: &Op) {
         self.viol.clear();
         let obs = self.step(op);
         let mut events = std::mem::take(&mut self.viol);
@@ -2034,20 +2011,20 @@ impl World {
 }
 
 /// The system under test: the model driven through its `Kvm` API.
-pub(crate) struct Sut {
+pub struct Sut {
     /// The model, behind the script's runner (which also runs what the reference does not model).
-    pub(crate) runner: Runner,
+    pub runner: Runner,
     /// The design, for the script's first line.
-    pub(crate) design: Design,
+    pub design: Design,
     /// The operations so far, each with what the model showed (formatted only for a failure
     /// report: see [`Sut::script`]).
-    pub(crate) log: Vec<(Op, Logged)>,
+    pub log: Vec<(Op, Logged)>,
     /// How many of the recorder's violations earlier steps have seen.
-    pub(crate) seen: usize,
+    pub seen: usize,
 }
 
 /// What the model showed for one logged operation.
-pub(crate) enum Logged {
+pub enum Logged {
     /// An operation compared with the reference.
     Compared(Obs),
     /// An operation the model ran alone: its script result line.
@@ -2057,7 +2034,7 @@ pub(crate) enum Logged {
 impl Sut {
     /// The operations so far as a script (`ioregionfd-model script` replays it), each with what
     /// the model showed as a comment.
-    pub(crate) fn script(&self) -> String {
+    pub fn script(&self) -> String {
         let mut lines = vec![format!("design {}", self.design)];
         for (op, shown) in &self.log {
             lines.push(match shown {
@@ -2070,22 +2047,22 @@ impl Sut {
 }
 
 /// What one step of the model showed, with the texts of its violations for a failure message.
-pub(crate) struct Shown {
-    pub(crate) expect: Expect,
+pub struct Shown {
+    pub expect: Expect,
     /// The event violations of the step.
-    pub(crate) new: Vec<Violation>,
+    pub new: Vec<Violation>,
     /// The structural violations standing after it.
-    pub(crate) standing: Vec<(&'static Invariant, String)>,
+    pub standing: Vec<(&'static Invariant, String)>,
 }
 
 impl Shown {
     /// The event violations as the script prints them.
-    pub(crate) fn event_texts(&self) -> Vec<String> {
+    pub fn event_texts(&self) -> Vec<String> {
         self.new.iter().map(|v| v.to_string()).collect()
     }
 
     /// The standing structural violations, `ID: TEXT`.
-    pub(crate) fn standing_texts(&self) -> Vec<String> {
+    pub fn standing_texts(&self) -> Vec<String> {
         self.standing.iter().map(|(i, t)| format!("{}: {t}", i.id)).collect()
     }
 }
@@ -2093,12 +2070,12 @@ impl Shown {
 impl Sut {
     /// A fresh model of `design` that records violations (and no trace events: the comparison
     /// needs only the violations).
-    pub(crate) fn new(design: Design) -> Sut {
+    pub fn new(design: Design) -> Sut {
         Sut { runner: Runner::without_trace(design), design, log: Vec::new(), seen: 0 }
     }
 
     /// Runs an operation the reference models and says what the model showed.
-    pub(crate) fn run(&mut self, op: &Op) -> Obs {
+    pub fn run(&mut self, op: &Op) -> Obs {
         let kvm = self.runner.kvm();
         match *op {
             Op::Vm { backend, .. } => {
@@ -2135,7 +2112,7 @@ impl Sut {
 
     /// Runs `op` on the model and collects what it showed: the result, the event violations it
     /// recorded in this step, and the structural violations standing after it.
-    pub(crate) fn apply(&mut self, op: &Op) -> Shown {
+    pub fn apply(&mut self, op: &Op) -> Shown {
         let obs = self.run(op);
         let new = self.runner.kvm().recorder().violations_since(self.seen);
         self.seen += new.len();
@@ -2152,7 +2129,7 @@ impl Sut {
 /// Compares what the model showed with what the reference expects; for `proposed` (strict) any
 /// violation at all is a failure too. The error is the whole failure report, the script so far
 /// included.
-pub(crate) fn compare(shown: &Shown, want: &Expect, strict: bool, sut: &Sut) -> Result<(), String> {
+pub fn compare(shown: &Shown, want: &Expect, strict: bool, sut: &Sut) -> Result<(), String> {
     let got = &shown.expect;
     let strict_broken = strict && !(got.events.is_empty() && got.structure.is_empty());
     if got == want && !strict_broken {
@@ -2168,9 +2145,7 @@ pub(crate) fn compare(shown: &Shown, want: &Expect, strict: bool, sut: &Sut) -> 
     ))
 }
 
-pub(crate) fn convert(
-    r: Result<Result<AccessOutcome, ioregionfd_model::vm::AccessError>, Errno>,
-) -> Result<Acc, Errno> {
+pub fn convert(r: Result<Result<AccessOutcome, ioregionfd_model::vm::AccessError>, Errno>) -> Result<Acc, Errno> {
     let outcome = r?.unwrap_or_else(|e| panic!("the generator made an access the model refuses: {e}"));
     Ok(match outcome {
         AccessOutcome::Handled(HandledBy::Ioregion { user_data, is_write, offset, len, value }) => {
@@ -2199,7 +2174,7 @@ pub(crate) fn convert(
 
 /// The mechanism of a violation text: numbers blanked, message dumps dropped (to tell distinct
 /// violations apart in the state machines' harvest and the fuzz target's findings).
-pub(crate) fn mechanism(text: &str) -> String {
+pub fn mechanism(text: &str) -> String {
     let text = text.split(" ([").next().unwrap_or(text);
     let mut out = String::new();
     let mut chars = text.chars().peekable();

@@ -7,13 +7,11 @@
 //! `cargo bench --bench transports` (add `-- --quick` for a shorter run). After each group it
 //! prints each transport's median and its ratio to the futex floor of the same run.
 
-mod support;
-
 use criterion::{Criterion, criterion_group, criterion_main};
+use ioregionfd_model_cli::bench::report::{Table, criterion_median, time};
+use ioregionfd_model_cli::bench::rt::{Kind, Pair};
+use ioregionfd_model_cli::bench::{Pinning, Unpin, allowed_cpus, pin_current_thread};
 use std::time::Duration;
-use support::report::{Table, criterion_median, time};
-use support::rt::{Kind, Pair};
-use support::{Pinning, Unpin, allowed_cpus, pin_current_thread};
 
 fn round_trips(c: &mut Criterion) {
     let cpus = allowed_cpus();

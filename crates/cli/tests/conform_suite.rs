@@ -10,7 +10,7 @@
 #![cfg(target_os = "linux")]
 
 #[allow(dead_code)]
-#[path = "../examples/memory_device.rs"]
+#[path = "../../../examples/memory_device.rs"]
 mod example;
 
 use ioregionfd_model::device::{IoregionDevice, MemoryDevice, Transport, serve};
@@ -96,7 +96,7 @@ fn fail_lines(o: &Output) -> Vec<String> {
 
 #[test]
 fn example_device_passes_every_check_everywhere() {
-    let o = conform("example", &["--format", "all", "--transport", "all", "--quiet-ms", "20"]);
+    let o = conform("example", &["--wire", "all", "--transport", "all", "--quiet-ms", "20"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(fail_lines(&o).is_empty(), "{out}");
@@ -174,18 +174,18 @@ fn cli(args: &[&str]) -> Output {
 #[test]
 fn bad_command_lines_exit_with_2_and_say_why() {
     let cases: &[(&[&str], &str)] = &[
-        (&["conform"], "conform needs `-- COMMAND [ARGS...]`"),
-        (&["conform", "--"], "needs a device command after `--`"),
+        (&["conform"], "the following required arguments were not provided:\n  <COMMAND>..."),
+        (&["conform", "--"], "the following required arguments were not provided:\n  <COMMAND>..."),
         (
             &["conform", "--transport", "tcp", "--", "true"],
             "unknown transport (stream, seqpacket, pipe, fifo, all) `tcp`",
         ),
-        (&["conform", "--format", "v4", "--", "true"], "unknown format (seed, v3, all) `v4`"),
-        (&["conform", "--timeout-ms", "soon", "--", "true"], "--timeout-ms needs a number of milliseconds"),
-        (&["conform", "--bogus", "--", "true"], "unexpected argument `--bogus`"),
+        (&["conform", "--wire", "v4", "--", "true"], "unknown wire format (seed, v3, all) `v4`"),
+        (&["conform", "--timeout-ms", "soon", "--", "true"], "invalid value 'soon' for '--timeout-ms <MS>'"),
+        (&["conform", "--bogus", "--", "true"], "unexpected argument '--bogus'"),
         (&["conform", "--", "/nonexistent/device"], "cannot start `/nonexistent/device`"),
-        (&["bench", "--only", "gpu"], "--only needs transports, kvm or bus"),
-        (&["bench", "--svg"], "--svg needs a file name"),
+        (&["bench", "--only", "gpu"], "invalid value 'gpu' for '--only <TABLE>'"),
+        (&["bench", "--svg"], "a value is required for '--svg <FILE>'"),
     ];
     for (args, message) in cases {
         let o = cli(args);

@@ -221,9 +221,11 @@ pub fn svg(title: &str, subtitle: &str, bars: &[Bar]) -> String {
 /// `CARGO_TARGET_DIR` move it). `None` when the benchmark did not run (filtered, `--list`).
 pub fn criterion_median(group: &str, function: &str) -> Option<f64> {
     let base = std::env::var_os("CRITERION_HOME").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        // This crate is crates/cli of the workspace; the workspace's target directory (where
+        // `cargo bench` has criterion write) is at its root.
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
         target.join("criterion")
     });
     let file = base.join(group).join(function).join("new").join("estimates.json");
@@ -238,4 +240,16 @@ pub fn criterion_median(group: &str, function: &str) -> Option<f64> {
     let rest = median[at..].trim_start();
     let end = rest.find(|c: char| !(c.is_ascii_digit() || ".eE+-".contains(c)))?;
     rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`criterion_median`] reads the workspace's target directory as `../../target` from this
+    /// crate: it must be `crates/cli` of the workspace.
+    #[test]
+    fn this_crate_is_crates_cli_of_the_workspace() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let manifest = std::fs::read_to_string(&root).expect("the workspace's Cargo.toml");
+        assert!(manifest.contains("[workspace]") && manifest.contains("\"crates/cli\""), "{}", root.display());
+    }
 }

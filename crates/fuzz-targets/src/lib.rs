@@ -2,10 +2,10 @@
 //!
 //! Each target is a module with `run(data: &[u8])`, which panics when the target finds a defect
 //! (that panic is what libFuzzer reports as a crash), and `seeds()`, the seed inputs generated
-//! from the crate's unit and proptest cases. The same file is compiled twice: as the library of
-//! the cargo-fuzz crate (`fuzz/fuzz_targets/*.rs` call `run`), and into the main crate's
-//! `tests/fuzz_replay.rs`, so a plain `cargo test` on stable replays every committed corpus and
-//! regression file through the same code.
+//! from the crate's unit and proptest cases. The cargo-fuzz crate (`fuzz/`, its own workspace)
+//! wraps each `run` for libFuzzer (`fuzz/fuzz_targets/*.rs`); this crate does not depend on
+//! libFuzzer, so its test `tests/fuzz_replay.rs` replays every committed corpus and regression file
+//! through the same code on stable, in a plain `cargo test` of the repository.
 
 pub mod registration;
 pub mod scenario;
@@ -15,18 +15,26 @@ pub mod wire;
 
 /// The golden scripts (`tests/golden/*.script`) by name: seeds of every target.
 pub const GOLDEN_SCRIPTS: [(&str, &str); 8] = [
-    ("coalesced", include_str!("../../tests/golden/coalesced.script")),
-    ("ioeventfd", include_str!("../../tests/golden/ioeventfd.script")),
-    ("parse-error", include_str!("../../tests/golden/parse_error.script")),
-    ("proposed", include_str!("../../tests/golden/proposed.script")),
-    ("quirks", include_str!("../../tests/golden/quirks.script")),
-    ("rfc-v3", include_str!("../../tests/golden/rfc-v3.script")),
-    ("seed", include_str!("../../tests/golden/seed.script")),
-    ("violation", include_str!("../../tests/golden/violation.script")),
+    ("coalesced", include_str!("../../../tests/golden/coalesced.script")),
+    ("ioeventfd", include_str!("../../../tests/golden/ioeventfd.script")),
+    ("parse-error", include_str!("../../../tests/golden/parse_error.script")),
+    ("proposed", include_str!("../../../tests/golden/proposed.script")),
+    ("quirks", include_str!("../../../tests/golden/quirks.script")),
+    ("rfc-v3", include_str!("../../../tests/golden/rfc-v3.script")),
+    ("seed", include_str!("../../../tests/golden/seed.script")),
+    ("violation", include_str!("../../../tests/golden/violation.script")),
 ];
 
-/// One fuzz target: its name (the directory under `fuzz/corpus/` and `fuzz/regressions/`), its
-/// entry point and its seed inputs.
+/// The committed seed corpus, `TARGET/NAME` under this directory of the repository. It is not
+/// cargo-fuzz's default corpus directory (`fuzz/corpus/`, which `cargo fuzz run` and `cargo fuzz
+/// cmin` write to), so a fuzzing run reads it without rewriting it.
+pub const SEED_CORPUS_DIR: &str = "fuzz/seed-corpus";
+
+/// The crashes kept as regressions, `TARGET/WHAT-IT-FOUND` under this directory of the repository.
+pub const REGRESSIONS_DIR: &str = "fuzz/regressions";
+
+/// One fuzz target: its name (the directory under [`SEED_CORPUS_DIR`] and [`REGRESSIONS_DIR`]),
+/// its entry point and its seed inputs.
 pub struct Target {
     /// The target's name, as `cargo fuzz run NAME` takes it.
     pub name: &'static str,
@@ -63,10 +71,11 @@ pub fn design_of(first_byte: u8) -> ioregionfd_model::design::Design {
     forced.unwrap_or(Design::ALL[usize::from(first_byte % 3)])
 }
 
-/// The repository's root: the main crate's directory, whichever of the two crates compiles this.
+/// The repository's root (this crate is `crates/fuzz-targets/` in it): the seeds are made from
+/// its files.
 pub fn repo_root() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    if dir.join("fuzz/Cargo.toml").exists() { dir.to_path_buf() } else { dir.join("..") }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The files of `dir` whose extension is `ext`, as (stem, text), sorted by name; none when the

@@ -1,16 +1,15 @@
-//! The `ioregionfd-model` command line: a thin layer over the library.
-//!
-//! ```text
-//! ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
-//! ioregionfd-model invariants
-//! ioregionfd-model knobs
-//! ioregionfd-model conform [--format seed|v3|all] [--transport stream|seqpacket|pipe|fifo|all] -- COMMAND ARGS...
-//! ioregionfd-model bench [--quick] [--only transports|kvm|bus] [--markdown] [--svg FILE]
-//! ```
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The `ioregionfd-model` command line: a thin layer over the library. `ioregionfd-model --help`
+//! and `ioregionfd-model SUBCOMMAND --help` describe it (the README shows both).
 
-use ioregionfd_model::design::{Design, KNOBS, parse_override};
+mod cli;
+
+use clap::Parser;
+use cli::{BenchArgs, BenchTable, Cli, Command, ConformArgs, Format, ListArgs, ScriptArgs};
+use ioregionfd_model::design::{Design, KNOBS};
 use ioregionfd_model::invariants::CATALOGUE;
 use ioregionfd_model::script::{Runner, run_script_with};
+use serde_json::json;
 use std::io::{BufReader, Write};
 use std::process::ExitCode;
 
@@ -23,169 +22,271 @@ macro_rules! say {
 
 // The measurement code is shared with the criterion benches (`cargo bench`).
 #[cfg(target_os = "linux")]
-#[path = "../benches/support/mod.rs"]
-mod support;
+use ioregionfd_model_cli::bench as support;
 
-const SCRIPT_USAGE: &str =
-    "usage: ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
-  run one operation per line (from FILE, or standard input) and print one result line each;
-  exit 1 if an invariant was violated, 2 on a line that does not parse or a bad option
-    --design D          the preset (default proposed; a `design` line in the script also sets it)
-    --knob NAME=VALUE   override one knob of the preset (repeatable; `ioregionfd-model knobs` lists them)";
+/// Prints a JSON document on standard output.
+fn print_json(value: &serde_json::Value) {
+    let text = serde_json::to_string_pretty(value).expect("a JSON value always serializes");
+    say!("{text}");
+}
 
-const USAGE: &str = "usage:
-  ioregionfd-model script [--design seed|rfc-v3|proposed] [--knob NAME=VALUE]... [FILE|-]
-      run one operation per line (from FILE, or standard input) and print one result line each;
-      exit 1 if an invariant was violated, 2 on a line that does not parse
-  ioregionfd-model invariants
-      print the invariant catalogue (id and statement)
-  ioregionfd-model knobs
-      print every knob: what it decides, its values, and its value in each preset
-  ioregionfd-model conform [OPTIONS] -- COMMAND [ARGS...]
-      start COMMAND as an ioregionfd device with its fds in IOREGIONFD_CMD_FD and IOREGIONFD_RESP_FD
-      (format in IOREGIONFD_FORMAT, transport in IOREGIONFD_TRANSPORT), play the kernel side and run
-      the protocol suite; one line per check, then a summary; exit 1 if a check failed
-        --format seed|v3|all        wire format(s), comma-separated (default v3)
-        --transport KIND|all        stream, seqpacket, pipe, fifo, comma-separated (default all)
-        --timeout-ms N              wait for a response or an exit (default 1000)
-        --quiet-ms N                listen for a reply that must not come (default 50)
-        --protocol-only             do not check values (for devices without memory semantics)
-        --only TEXT                 run only the checks whose name contains TEXT
-  ioregionfd-model bench [OPTIONS]
-      quick benchmark tables: transport round trips (pinned to one CPU and across two), real-KVM
-      access paths (skipped without /dev/kvm), bus lookup; criterion versions: cargo bench
-        --quick                     fewer rounds (a few seconds)
-        --only transports|kvm|bus   one table only (repeatable)
-        --markdown                  print the tables as markdown
-        --svg FILE                  also draw the round-trip and KVM tables as an SVG chart
-  ioregionfd-model help";
-
-fn script(args: &[String]) -> Result<ExitCode, String> {
-    let mut design = Design::default();
-    let mut file: Option<&str> = None;
-    let mut overrides = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--design" => {
-                let name = it.next().ok_or("--design needs a name: seed, rfc-v3 or proposed")?;
-                design = Design::from_name(name)
-                    .ok_or_else(|| format!("unknown design `{name}`: seed, rfc-v3 or proposed"))?;
-            }
-            "--knob" => overrides.push(parse_override(it.next().ok_or("--knob needs NAME=VALUE")?)?),
-            k if k.starts_with("--knob=") => overrides.push(parse_override(&k["--knob=".len()..])?),
-            "-h" | "--help" => {
-                say!("{SCRIPT_USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            f if file.is_none() && (f == "-" || !f.starts_with('-')) => file = Some(f),
-            other => return Err(format!("unexpected argument `{other}`")),
-        }
-    }
+fn script(args: &ScriptArgs) -> Result<ExitCode, String> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
-    let runner = Runner::with_overrides(design, &overrides)?;
-    let code = match file {
-        None | Some("-") => run_script_with(std::io::stdin().lock(), &mut out, &mut err, runner),
-        Some(path) => {
-            let f = std::fs::File::open(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let runner = Runner::with_overrides(args.design, &args.knobs)?;
+    let code = match args.file.as_deref() {
+        Some(path) if path.as_os_str() != "-" => {
+            let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             run_script_with(BufReader::new(f), &mut out, &mut err, runner)
         }
+        _ => run_script_with(std::io::stdin().lock(), &mut out, &mut err, runner),
     };
     Ok(ExitCode::from(code as u8))
 }
 
-/// A comma-separated list of names, or `all`.
-fn list<T: Copy>(value: &str, all: &[T], parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>, String> {
-    if value == "all" {
-        return Ok(all.to_vec());
+fn invariants(args: &ListArgs) -> Result<ExitCode, String> {
+    match args.format {
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            for inv in CATALOGUE {
+                let _ = writeln!(out, "{:<10} {}", inv.id, inv.statement);
+            }
+        }
+        Format::Json => {
+            print_json(&CATALOGUE.iter().map(|inv| json!({"id": inv.id, "statement": inv.statement})).collect());
+        }
     }
-    value.split(',').map(|n| parse(n.trim()).ok_or_else(|| format!("unknown {what} `{n}`"))).collect()
+    Ok(ExitCode::SUCCESS)
 }
 
-fn millis(flag: &str, value: Option<&String>) -> Result<std::time::Duration, String> {
-    let v = value.ok_or_else(|| format!("{flag} needs a number of milliseconds"))?;
-    v.parse::<u64>()
-        .ok()
-        .filter(|&n| n <= 3_600_000)
-        .map(std::time::Duration::from_millis)
-        .ok_or_else(|| format!("{flag} needs a number of milliseconds up to 3600000, not `{v}`"))
+fn knobs(args: &ListArgs) -> Result<ExitCode, String> {
+    match args.format {
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{:<28} {:<24} {:<24} {:<24} values", "knob", "seed", "rfc-v3", "proposed");
+            for k in KNOBS {
+                let [seed, v3, proposed] = Design::ALL.map(|d| (k.get)(&d.knobs()));
+                let _ = writeln!(out, "{:<28} {seed:<24} {v3:<24} {proposed:<24} {}", k.name, (k.values)().join(", "));
+                let _ = writeln!(out, "    {}", k.doc);
+            }
+        }
+        Format::Json => {
+            let knobs = KNOBS.iter().map(|k| {
+                let presets: serde_json::Map<String, serde_json::Value> =
+                    Design::ALL.iter().map(|d| (d.name().to_string(), json!((k.get)(&d.knobs())))).collect();
+                json!({"name": k.name, "doc": k.doc, "values": (k.values)(), "presets": presets})
+            });
+            print_json(&knobs.collect());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(target_os = "linux")]
-fn conform(args: &[String]) -> Result<ExitCode, String> {
+fn conform(args: &ConformArgs) -> Result<ExitCode, String> {
     use ioregionfd_model::device::TransportKind;
     use ioregionfd_model::device::conform::{Launch, Options, Summary, run};
-    use ioregionfd_model::wire::WireFormat;
+    use std::time::Duration;
 
-    let split =
-        args.iter().position(|a| a == "--").ok_or("conform needs `-- COMMAND [ARGS...]` (the device to test)")?;
-    let (flags, command) = (&args[..split], &args[split + 1..]);
-    if command.is_empty() {
-        return Err("conform needs a device command after `--`".into());
-    }
-    let mut formats = vec![WireFormat::V3];
-    let mut transports = TransportKind::ALL.to_vec();
-    let mut template = Options::new(WireFormat::V3, TransportKind::Stream);
-    let mut it = flags.iter();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--format" => {
-                let v = it.next().ok_or("--format needs seed, v3 or all")?;
-                formats =
-                    list(v, &[WireFormat::Seed, WireFormat::V3], WireFormat::from_name, "format (seed, v3, all)")?;
-            }
-            "--transport" => {
-                let v = it.next().ok_or("--transport needs stream, seqpacket, pipe, fifo or all")?;
-                transports = list(
-                    v,
-                    &TransportKind::ALL,
-                    TransportKind::from_name,
-                    "transport (stream, seqpacket, pipe, fifo, all)",
-                )?;
-            }
-            "--timeout-ms" => template.timeout = millis(flag, it.next())?,
-            "--quiet-ms" => template.quiet = millis(flag, it.next())?,
-            "--protocol-only" => template.memory = false,
-            "--only" => template.only = Some(it.next().ok_or("--only needs a part of a check name")?.clone()),
-            other => return Err(format!("unexpected argument `{other}` (the device command goes after `--`)")),
-        }
-    }
-    let launch = Launch::Command(command.iter().map(Into::into).collect());
+    let transports: Vec<TransportKind> = args
+        .transport
+        .0
+        .iter()
+        .map(|n| TransportKind::from_name(n).ok_or_else(|| format!("unknown transport `{n}`")))
+        .collect::<Result<_, _>>()?;
+    let launch = Launch::Command(args.command.clone());
     let mut total = Summary::default();
+    let mut runs = Vec::new();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for &format in &formats {
+    for &format in &args.wire.0 {
         for &transport in &transports {
-            let options = Options { format, transport, ..template.clone() };
-            let _ =
-                writeln!(out, "== format {format}, transport {transport} ({}), device: {launch}", transport.describe());
-            match run(&options, &launch, &mut out) {
-                Ok(s) => {
-                    let _ = writeln!(out, "-- format {format}, transport {transport}: {s}");
-                    total.passed += s.passed;
-                    total.failed += s.failed;
+            let mut options = Options::new(format, transport);
+            options.timeout = Duration::from_millis(args.timeout_ms);
+            options.quiet = Duration::from_millis(args.quiet_ms);
+            options.memory = !args.protocol_only;
+            options.only = args.only.clone();
+            // Text: the lines as the checks run. JSON: the lines of the run, made into records.
+            let mut lines = Vec::new();
+            let result = match args.format {
+                Format::Text => {
+                    let _ = writeln!(
+                        out,
+                        "== format {format}, transport {transport} ({}), device: {launch}",
+                        transport.describe()
+                    );
+                    run(&options, &launch, &mut out)
                 }
+                Format::Json => run(&options, &launch, &mut lines),
+            };
+            let s = match result {
+                Ok(s) => s,
                 Err(e) => {
                     let _ = out.flush();
                     eprintln!("ioregionfd-model conform: {e}");
                     return Ok(ExitCode::from(2));
                 }
+            };
+            match args.format {
+                Format::Text => {
+                    let _ = writeln!(out, "-- format {format}, transport {transport}: {s}");
+                }
+                Format::Json => runs.push(json!({
+                    "wire": format.name(),
+                    "transport": transport.name(),
+                    "checks": check_records(&String::from_utf8_lossy(&lines)),
+                    "passed": s.passed,
+                    "failed": s.failed,
+                })),
             }
+            total.passed += s.passed;
+            total.failed += s.failed;
         }
     }
-    let _ = writeln!(out, "conform: {total}");
+    match args.format {
+        Format::Text => {
+            let _ = writeln!(out, "conform: {total}");
+        }
+        Format::Json => {
+            drop(out);
+            print_json(&json!({
+                "device": launch.to_string(),
+                "runs": runs,
+                "passed": total.passed,
+                "failed": total.failed,
+                "ok": total.ok(),
+            }));
+        }
+    }
     Ok(if total.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// The check lines `conform::run` writes (`ok   NAME: DETAIL`, `FAIL NAME: MESSAGE`) as
+/// `{"name", "ok", "detail"}` records.
+#[cfg(target_os = "linux")]
+fn check_records(lines: &str) -> Vec<serde_json::Value> {
+    lines
+        .lines()
+        .filter_map(|line| {
+            let (ok, rest) = match line.strip_prefix("ok   ") {
+                Some(rest) => (true, rest),
+                None => (false, line.strip_prefix("FAIL ")?),
+            };
+            let (name, detail) = rest.split_once(": ").unwrap_or((rest, ""));
+            Some(json!({"name": name, "ok": ok, "detail": detail}))
+        })
+        .collect()
+}
+
 #[cfg(not(target_os = "linux"))]
-fn conform(_args: &[String]) -> Result<ExitCode, String> {
+fn conform(_args: &ConformArgs) -> Result<ExitCode, String> {
     Err("conform needs Linux (socketpair, pipe2, mkfifo)".into())
 }
 
+/// How `bench` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BenchStyle {
+    Text,
+    Markdown,
+    Json,
+}
+
+impl From<Format> for BenchStyle {
+    fn from(f: Format) -> BenchStyle {
+        match f {
+            Format::Text => BenchStyle::Text,
+            Format::Json => BenchStyle::Json,
+        }
+    }
+}
+
+/// Where `bench`'s results go: printed as they are made (text, markdown), or gathered into one
+/// JSON document printed at the end.
 #[cfg(target_os = "linux")]
-fn bench(args: &[String]) -> Result<ExitCode, String> {
+struct BenchOut {
+    style: BenchStyle,
+    doc: serde_json::Map<String, serde_json::Value>,
+    tables: Vec<serde_json::Value>,
+    skipped: Vec<String>,
+}
+
+#[cfg(target_os = "linux")]
+impl BenchOut {
+    fn new(style: BenchStyle) -> BenchOut {
+        BenchOut { style, doc: serde_json::Map::new(), tables: Vec::new(), skipped: Vec::new() }
+    }
+
+    fn machine(&mut self, cpus: &[usize]) {
+        match self.style {
+            BenchStyle::Json => {
+                self.doc.insert("machine".into(), json!(machine_line(cpus)));
+                self.doc.insert("cpus".into(), json!(cpus));
+            }
+            _ => say!("machine: {}\n", machine_line(cpus)),
+        }
+    }
+
+    fn table(&mut self, t: &support::report::Table) {
+        match self.style {
+            BenchStyle::Text => say!("{}", t.text()),
+            BenchStyle::Markdown => say!("{}", t.markdown()),
+            BenchStyle::Json => self.tables.push(json!({
+                "title": t.title,
+                "headers": t.headers,
+                "rows": t.rows,
+                "notes": t.notes,
+            })),
+        }
+    }
+
+    fn skip(&mut self, reason: String) {
+        match self.style {
+            BenchStyle::Json => self.skipped.push(reason),
+            _ => say!("skip: {reason}\n"),
+        }
+    }
+
+    fn chart(&mut self, path: &std::path::Path) {
+        match self.style {
+            BenchStyle::Json => {
+                self.doc.insert("chart".into(), json!(path.display().to_string()));
+            }
+            _ => say!("chart written to {}", path.display()),
+        }
+    }
+
+    /// Ends the output: the time taken, and for JSON the whole document with every measurement.
+    fn finish(mut self, bars: &[support::report::Bar], seconds: f64) {
+        if self.style != BenchStyle::Json {
+            say!("bench finished in {seconds:.1} s");
+            return;
+        }
+        let measurements: Vec<_> = bars
+            .iter()
+            .map(|b| {
+                json!({
+                    "group": b.group,
+                    "label": b.label,
+                    "median_ns": b.stats.median,
+                    "p25_ns": b.stats.p25,
+                    "p75_ns": b.stats.p75,
+                    "min_ns": b.stats.min,
+                    "max_ns": b.stats.max,
+                    "samples": b.stats.samples,
+                })
+            })
+            .collect();
+        self.doc.insert("tables".into(), json!(self.tables));
+        self.doc.insert("measurements".into(), json!(measurements));
+        self.doc.insert("skipped".into(), json!(self.skipped));
+        self.doc.insert("seconds".into(), json!(seconds));
+        print_json(&serde_json::Value::Object(self.doc));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn bench(args: &BenchArgs) -> Result<ExitCode, String> {
     use std::time::{Duration, Instant};
     use support::bus::{CrateBus, CrateVm, LinearScan, SIZES, SortedArray, layout};
     use support::kvm::{NO_KVM, Path};
@@ -193,42 +294,20 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     use support::rt::{Kind, measure};
     use support::{Pinning, allowed_cpus, pin_current_thread};
 
-    let (mut quick, mut markdown, mut svg_path, mut only) = (false, false, None::<String>, Vec::<String>::new());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--markdown" => markdown = true,
-            "--svg" => svg_path = Some(it.next().ok_or("--svg needs a file name")?.clone()),
-            "--only" => {
-                let v = it.next().ok_or("--only needs transports, kvm or bus")?;
-                if !["transports", "kvm", "bus"].contains(&v.as_str()) {
-                    return Err(format!("--only needs transports, kvm or bus, not `{v}`"));
-                }
-                only.push(v.clone());
-            }
-            other => return Err(format!("unexpected argument `{other}`")),
-        }
-    }
-    let wants = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
-    let show = |t: &Table| {
-        if markdown {
-            say!("{}", t.markdown());
-        } else {
-            say!("{}", t.text());
-        }
-    };
+    let quick = args.quick;
+    let mut out = BenchOut::new(if args.markdown { BenchStyle::Markdown } else { BenchStyle::from(args.format) });
+    let wants = |what: BenchTable| args.only.is_empty() || args.only.contains(&what);
     let started = Instant::now();
     let cpus = allowed_cpus();
-    say!("{}", machine_description(&cpus));
+    out.machine(&cpus);
     let rounds = if quick { 7 } else { 15 };
     let mut bars: Vec<Bar> = Vec::new();
     let mut floors: Vec<(Pinning, Kind, Stats)> = Vec::new();
 
-    if wants("transports") {
+    if wants(BenchTable::Transports) {
         for pinning in Pinning::ALL {
             if pinning == Pinning::TwoCpus && cpus.len() < 2 {
-                say!("skip: round trips across two CPUs: only {} CPU allowed\n", cpus.len());
+                out.skip(format!("round trips across two CPUs: only {} CPU allowed", cpus.len()));
                 continue;
             }
             let per_round = match (pinning, quick) {
@@ -264,11 +343,11 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
             }
             t.notes
                 .push(format!("{rounds} batches of {per_round} round trips; floor = futex ping-pong of the same run"));
-            show(&t);
+            out.table(&t);
         }
     }
 
-    if wants("kvm") {
+    if wants(BenchTable::Kvm) {
         let per_round = |p: Path| -> u32 {
             match p {
                 Path::Ioeventfd => 20_000,
@@ -292,7 +371,7 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
         });
         match measured {
             Err(e) if e.starts_with(NO_KVM) => {
-                say!("skip: /dev/kvm not available: {}\n", &e[NO_KVM.len()..]);
+                out.skip(format!("/dev/kvm not available: {}", &e[NO_KVM.len()..]));
             }
             Err(e) => return Err(format!("KVM benchmark: {e}")),
             Ok(results) => {
@@ -320,7 +399,7 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
                 t.notes.push(format!(
                     "{kvm_rounds} batches per path; every forwarded access is one exit and one round trip"
                 ));
-                show(&t);
+                out.table(&t);
                 if let Some((_, ioevent)) = results.iter().find(|(p, _)| *p == Path::Ioeventfd) {
                     let mut e = Table::new(
                         "ioregionfd estimate: the in-kernel dispatch (the ioeventfd row: emulation + bus, no exit) plus one round trip",
@@ -346,13 +425,13 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
                         ]);
                     }
                     e.notes.push("an estimate, not a measurement: ioregionfd was never merged (needs the transports table in the same run)".into());
-                    show(&e);
+                    out.table(&e);
                 }
             }
         }
     }
 
-    if wants("bus") {
+    if wants(BenchTable::Bus) {
         let mut t = Table::new(
             "Bus lookup, per access (4,096 pseudo-random 4-byte accesses, all inside a device)",
             &[
@@ -412,22 +491,22 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
             }
         }
         t.notes.push("rust-vmm vm-device is compared in `cargo bench --bench bus_lookup` (a dev-dependency)".into());
-        show(&t);
+        out.table(&t);
     }
 
-    if let Some(path) = svg_path {
+    if let Some(path) = &args.svg {
         let subtitle =
             format!("ioregionfd-model bench{}: {}", if quick { " --quick" } else { "" }, machine_line(&cpus));
-        std::fs::write(&path, svg("ioregionfd transports and paths", &subtitle, &bars))
-            .map_err(|e| format!("cannot write {path}: {e}"))?;
-        say!("chart written to {path}");
+        std::fs::write(path, svg("ioregionfd transports and paths", &subtitle, &bars))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        out.chart(path);
     }
-    say!("bench finished in {:.1} s", started.elapsed().as_secs_f64());
+    out.finish(&bars, started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn bench(_args: &[String]) -> Result<ExitCode, String> {
+fn bench(_args: &BenchArgs) -> Result<ExitCode, String> {
     Err("bench needs Linux (eventfd, futex, sched_setaffinity, /dev/kvm)".into())
 }
 
@@ -457,40 +536,15 @@ fn machine_line(cpus: &[usize]) -> String {
     )
 }
 
-#[cfg(target_os = "linux")]
-fn machine_description(cpus: &[usize]) -> String {
-    format!("machine: {}\n", machine_line(cpus))
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("script") => script(&args[1..]),
-        Some("conform") => conform(&args[1..]),
-        Some("bench") => bench(&args[1..]),
-        Some("invariants") => {
-            let mut out = std::io::stdout().lock();
-            for inv in CATALOGUE {
-                let _ = writeln!(out, "{:<10} {}", inv.id, inv.statement);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Some("knobs") => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{:<28} {:<24} {:<24} {:<24} values", "knob", "seed", "rfc-v3", "proposed");
-            for k in KNOBS {
-                let [seed, v3, proposed] = Design::ALL.map(|d| (k.get)(&d.knobs()));
-                let _ = writeln!(out, "{:<28} {seed:<24} {v3:<24} {proposed:<24} {}", k.name, (k.values)().join(", "));
-                let _ = writeln!(out, "    {}", k.doc);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Some("help" | "--help" | "-h") => {
-            say!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
-        None => Err(USAGE.to_string()),
+    // Usage errors exit with 2, `--help` and `--version` with 0 (clap's codes).
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Script(args) => script(args),
+        Command::Invariants(args) => invariants(args),
+        Command::Knobs(args) => knobs(args),
+        Command::Conform(args) => conform(args),
+        Command::Bench(args) => bench(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("ioregionfd-model: {e}");

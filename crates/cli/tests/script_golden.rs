@@ -14,7 +14,7 @@ fn header(script: &str, key: &str) -> Option<String> {
 
 #[test]
 fn golden_scripts() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden");
     let mut scripts: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/golden")
         .map(|e| e.expect("entry").path())

@@ -7,13 +7,11 @@
 //!
 //! `cargo bench --bench kvm_paths` (add `-- --quick` for a shorter run).
 
-mod support;
-
 use criterion::{Criterion, criterion_group, criterion_main};
+use ioregionfd_model_cli::bench::kvm::{Access, Guest, NO_KVM, Path, Runner};
+use ioregionfd_model_cli::bench::report::{Table, criterion_median, time};
+use ioregionfd_model_cli::bench::{Pinning, Unpin, allowed_cpus, pin_current_thread};
 use std::time::Duration;
-use support::kvm::{Access, Guest, NO_KVM, Path, Runner};
-use support::report::{Table, criterion_median, time};
-use support::{Pinning, Unpin, allowed_cpus, pin_current_thread};
 
 fn kvm_paths(c: &mut Criterion) {
     if let Err(e) = Guest::new(Access::Read) {

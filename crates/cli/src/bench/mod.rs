@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Measurement code shared by the criterion benches (`benches/*.rs`) and by
-//! `ioregionfd-model bench` (which includes this module with `#[path]`).
+//! Measurement code shared by the criterion benches (`crates/cli/benches/*.rs`) and by
+//! `ioregionfd-model bench`.
 //!
 //! * [`rt`]: one 32-byte command and one 32-byte response between a "vCPU" thread and a device
 //!   thread over real fds (pipes, socketpairs, FIFOs, an eventfd pair with a shared slot) and a
@@ -9,8 +9,6 @@
 //!   an exit forwarded to a device thread, an ioeventfd-signalled posted write).
 //! * [`bus`]: device lookup on the crate's bus, a sorted array, and a Firecracker-style scan.
 //! * [`report`]: statistics, tables and the SVG chart.
-
-#![allow(dead_code)]
 
 pub mod bus;
 #[cfg(target_os = "linux")]

@@ -9,13 +9,11 @@
 //! prints the medians per lookup and whether the aims hold at 1,000 devices: the crate's lookup
 //! at least 2x faster than vm-device and the scan, and within 1.5x of the binary search.
 
-mod support;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ioregionfd_model_cli::bench::bus::{ACCESS_LEN, CrateBus, CrateVm, Layout, LinearScan, SIZES, SortedArray, layout};
+use ioregionfd_model_cli::bench::report::{Table, criterion_median, time};
 use std::hint::black_box;
 use std::time::Duration;
-use support::bus::{ACCESS_LEN, CrateBus, CrateVm, Layout, LinearScan, SIZES, SortedArray, layout};
-use support::report::{Table, criterion_median, time};
 use vm_device::bus::{Bus, BusRange, MmioAddress};
 
 fn vm_device_bus(l: &Layout) -> Bus<MmioAddress, usize> {

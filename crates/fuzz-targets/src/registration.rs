@@ -6,7 +6,7 @@
 //! read, through [`arbitrary::Unstructured`], as up to [`MAX_OPS`] operations of the script
 //! language ([`Op`]). Each operation starts with a tag byte that picks its kind; its fields are
 //! read against the current state, as the proptest generator of
-//! `tests/ioregion_state_machine.rs` draws them: fds that are open (and sometimes ones that are
+//! `crates/reference/tests/ioregion_state_machine.rs` draws them: fds that are open (and sometimes ones that are
 //! not), addresses in small windows so that regions, ioeventfds and zones collide, the regions
 //! that are registered, accesses aimed at them. One tag carries a raw script line instead (the
 //! seed corpus is made of those), so any operation the script has can be reached.
@@ -14,7 +14,7 @@
 //! Checks, after every operation:
 //! - the model must not panic (any design);
 //! - the model's result, its event violations and its standing structural violations must equal
-//!   those of the reference of `tests/reference/mod.rs` (any design: for seed and rfc-v3 the
+//!   those of the reference (the crate `ioregionfd-model-reference`, `crates/reference/`; any design: for seed and rfc-v3 the
 //!   reference predicts their violations, so they are expected findings, not crashes);
 //! - for `proposed`, no violation at all, event or structural.
 //!
@@ -37,10 +37,7 @@ use ioregionfd_model::uapi::{
 };
 use ioregionfd_model::vm::Backend;
 
-#[path = "../../tests/reference/mod.rs"]
-#[allow(dead_code, unreachable_pub, clippy::all)]
-mod reference;
-
+use ioregionfd_model_reference as reference;
 use reference::{End, FKind, Logged, Sut, World, compare};
 
 /// At most this many operations are read from one input.
@@ -552,7 +549,7 @@ fn decode_op(u: &mut Unstructured<'_>, w: &World) -> Option<Op> {
 /// of every named regression of `tests/regressions_ioregion.rs` (under each design whose
 /// `ioregion` form it uses), and the cases the proptest state machines export
 /// (`fuzz/seeds/registration/*.script`, written by `cargo test --test ioregion_state_machine
-/// export_fuzz_seeds -- --ignored`).
+/// export_fuzz_seeds -- --ignored`, a test of `crates/reference/`).
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let root = super::repo_root();
     let mut out = Vec::new();

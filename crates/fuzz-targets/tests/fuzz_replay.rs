@@ -1,14 +1,12 @@
-//! Replays every fuzz target over its committed corpus (`fuzz/corpus/TARGET/`) and regressions
+//! Replays every fuzz target over its committed seed corpus (`fuzz/seed-corpus/TARGET/`) and regressions
 //! (`fuzz/regressions/TARGET/`) on stable, through the same code the fuzzers run: the target
-//! functions of `fuzz/src/`, compiled into this test. A crash a fuzzer found and that was
-//! committed as a regression fails here until it is fixed.
+//! functions of this crate, which the cargo-fuzz crate (`fuzz/`) wraps for libFuzzer. A crash a
+//! fuzzer found and that was committed as a regression fails here until it is fixed.
 //!
 //! Also checks that the committed seed corpus is what the seed generator writes now
 //! (`cargo run --manifest-path fuzz/Cargo.toml --example seed-corpus` regenerates it).
 
-#[path = "../fuzz/src/lib.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod fuzz;
+use ioregionfd_model_fuzz_targets as fuzz;
 
 use std::path::{Path, PathBuf};
 
@@ -37,8 +35,8 @@ fn replay(target: &fuzz::Target, dir: &Path) -> usize {
 fn committed_corpus_and_regressions_replay_clean() {
     let root = fuzz::repo_root();
     for target in &fuzz::TARGETS {
-        let corpus = replay(target, &root.join("fuzz/corpus").join(target.name));
-        let regressions = replay(target, &root.join("fuzz/regressions").join(target.name));
+        let corpus = replay(target, &root.join(fuzz::SEED_CORPUS_DIR).join(target.name));
+        let regressions = replay(target, &root.join(fuzz::REGRESSIONS_DIR).join(target.name));
         println!("fuzz replay: {}: {corpus} corpus files, {regressions} regressions", target.name);
         assert!(corpus > 0, "{}: no committed corpus (run the seed-corpus generator)", target.name);
     }
@@ -51,7 +49,7 @@ fn committed_seed_corpus_is_what_the_generator_writes() {
         let seeds = (target.seeds)();
         assert!(!seeds.is_empty(), "{}: no seeds", target.name);
         for (name, data) in seeds {
-            let path = root.join("fuzz/corpus").join(target.name).join(&name);
+            let path = root.join(fuzz::SEED_CORPUS_DIR).join(target.name).join(&name);
             let committed = std::fs::read(&path).unwrap_or_default();
             assert!(committed == data, "{} is stale or missing: regenerate the seed corpus", path.display());
         }
@@ -69,5 +67,5 @@ fn every_golden_script_is_a_seed() {
     on_disk.sort();
     let mut listed: Vec<String> = fuzz::GOLDEN_SCRIPTS.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "fuzz/src/lib.rs GOLDEN_SCRIPTS must list every tests/golden/*.script");
+    assert_eq!(on_disk, listed, "crates/fuzz-targets/src/lib.rs GOLDEN_SCRIPTS must list every tests/golden/*.script");
 }
