@@ -1,0 +1,14 @@
+//! The device library on real file descriptors (Linux), for VMM authors: a device's end of a
+//! connection ([`Transport`]), the loop that serves an [`IoregionDevice`](super::IoregionDevice)
+//! on it ([`serve`]), and KVM's end played in userspace ([`KernelSide`], [`connect`]) for tests,
+//! benchmarks and the conformance harness. It needs the wire format (`crate::wire`) and system
+//! calls, nothing of the model.
+
+mod kernel_side;
+mod serve;
+mod sys;
+mod transport;
+
+pub use kernel_side::{KernelSide, ResponseError, connect};
+pub use serve::{ServeError, ServeSummary, serve};
+pub use transport::{ENV_CMD_FD, ENV_FORMAT, ENV_RESP_FD, ENV_TRANSPORT, Transport, TransportKind};
