@@ -33,7 +33,7 @@ use super::{
     TransportKind, connect, serve,
 };
 use crate::wire::WireFormat;
-use checks::{Ctx, checks, close_checks, run_close};
+use checks::{CLOSE, Ctx, run_close, session_checks};
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
@@ -350,7 +350,7 @@ pub fn run(options: &Options, launch: &Launch, out: &mut dyn Write) -> io::Resul
             }
         }
     };
-    for (name, check) in checks() {
+    for (name, check, size) in session_checks() {
         if !selected(&name) {
             continue;
         }
@@ -359,7 +359,7 @@ pub fn run(options: &Options, launch: &Launch, out: &mut dyn Write) -> io::Resul
         }
         let s = session.as_mut().expect("started above");
         let mut ctx = Ctx { kernel: &s.kernel, device: &mut s.device, options, round_trips: 0 };
-        let r = check(&mut ctx);
+        let r = (check.run)(&mut ctx, size);
         if r.is_err() {
             // The stream may be out of step now: the next check gets a fresh device.
             if let Some(Session { kernel, device }) = session.take() {
@@ -373,10 +373,10 @@ pub fn run(options: &Options, launch: &Launch, out: &mut dyn Write) -> io::Resul
         drop(kernel);
         device.finish(options.timeout);
     }
-    for (name, case) in close_checks() {
-        if selected(&name) {
-            let r = run_close(options, launch, &case);
-            report(out, &name, r)?;
+    for (name, case) in &CLOSE {
+        if selected(name) {
+            let r = run_close(options, launch, case);
+            report(out, name, r)?;
         }
     }
     Ok(summary)
