@@ -28,6 +28,7 @@
 
 mod checks;
 
+use super::real::inherit_on_exec;
 use super::{
     ENV_CMD_FD, ENV_FORMAT, ENV_RESP_FD, ENV_TRANSPORT, IoregionDevice, KernelSide, ServeError, ServeSummary,
     TransportKind, connect, serve,
@@ -286,25 +287,23 @@ fn start(options: &Options, launch: &Launch) -> io::Result<Session> {
                 .env(ENV_TRANSPORT, options.transport.name())
                 .stdin(Stdio::null())
                 .stdout(out);
-            // SAFETY: the closure runs in the child between fork and exec and only calls
-            // fcntl(2), which is async-signal-safe; it allocates nothing and takes no lock.
+            // The closure owns the device's end, so the parent's copies of its fds close when
+            // `command` is dropped below, and the device is the only holder of its end (end of
+            // file then reaches each side).
+            let inherit = move || -> io::Result<()> {
+                inherit_on_exec(transport.cmd_fd())?;
+                inherit_on_exec(transport.resp_fd())
+            };
+            // SAFETY: the closure runs in the child between fork and exec; it makes two
+            // fcntl(2) system calls per fd through rustix (async-signal-safe: no allocation, no
+            // lock) and touches nothing else. (pre_exec itself is std's, hence the unsafe block.)
             unsafe {
-                command.pre_exec(move || {
-                    for fd in [cmd_fd, resp_fd] {
-                        let flags = libc::fcntl(fd, libc::F_GETFD);
-                        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
+                command.pre_exec(inherit);
             }
             let child = command
                 .spawn()
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot start `{}`: {e}", program.to_string_lossy())))?;
-            // The parent's copies of the device's fds close here, so that the device is the
-            // only holder of its end (end of file then reaches each side).
-            drop(transport);
+            drop(command);
             Device::Child(child)
         }
     };

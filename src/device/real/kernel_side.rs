@@ -3,6 +3,8 @@
 use super::sys::{FdKind, bytes_waiting, fd_kind, fifo_pair, pipe, poll_fd, read_once, socketpair, write_all};
 use super::transport::{Transport, TransportKind};
 use crate::wire::{Command, MESSAGE_SIZE, Response, WireError, WireFormat};
+use rustix::event::PollFlags;
+use rustix::net::SocketType;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -174,7 +176,7 @@ impl KernelSide {
         let mut buf = [0u8; 2 * MESSAGE_SIZE];
         let mut got = 0;
         while got < MESSAGE_SIZE {
-            if !poll_fd(fd, libc::POLLIN, Some(timeout)).map_err(ResponseError::Io)? {
+            if !poll_fd(fd, PollFlags::IN, Some(timeout)).map_err(ResponseError::Io)? {
                 return Err(ResponseError::Timeout { got, waited: timeout });
             }
             let room = if self.resp_kind == FdKind::Seqpacket { &mut buf[..] } else { &mut buf[got..MESSAGE_SIZE] };
@@ -204,7 +206,7 @@ impl KernelSide {
     /// ```
     pub fn pending(&self, wait: Duration) -> io::Result<Option<usize>> {
         let fd = self.resp_fd();
-        if !poll_fd(fd, libc::POLLIN, Some(wait))? {
+        if !poll_fd(fd, PollFlags::IN, Some(wait))? {
             return Ok(None);
         }
         Ok(Some(bytes_waiting(fd)?))
@@ -228,7 +230,7 @@ impl KernelSide {
 pub fn connect(kind: TransportKind, format: WireFormat) -> io::Result<(KernelSide, Transport)> {
     let (kernel_cmd, kernel_resp, device_cmd, device_resp) = match kind {
         TransportKind::Stream | TransportKind::Seqpacket => {
-            let ty = if kind == TransportKind::Stream { libc::SOCK_STREAM } else { libc::SOCK_SEQPACKET };
+            let ty = if kind == TransportKind::Stream { SocketType::STREAM } else { SocketType::SEQPACKET };
             let (k, d) = socketpair(ty)?;
             (k, None, d, None)
         }

@@ -9,6 +9,8 @@ mod serve;
 mod sys;
 mod transport;
 
+pub(crate) use sys::inherit_on_exec;
+
 pub use kernel_side::{KernelSide, ResponseError, connect};
 pub use serve::{ServeError, ServeSummary, serve};
 pub use transport::{ENV_CMD_FD, ENV_FORMAT, ENV_RESP_FD, ENV_TRANSPORT, Transport, TransportKind};

@@ -1,57 +1,42 @@
-//! Small system-call helpers (the only unsafe code of the device library).
+//! Small system-call helpers of the device library, on rustix (no `unsafe` here but the one
+//! `fcntl(2)` on a raw fd number, which says why).
 
-use std::ffi::CString;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::{Errno, FdFlags};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn last_error() -> io::Error {
-    io::Error::last_os_error()
-}
-
-fn is_eintr(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINTR)
-}
-
-fn is_eagain(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EAGAIN))
+/// Waits until one of `fds` reports one of its events (or an error or hangup): `Ok(true)`, and
+/// each entry's `revents` says which. `None` waits forever; `Ok(false)` is a timeout. Signals
+/// (EINTR) restart the wait with the time left.
+pub(super) fn poll_fds(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        // A wait too long for a timespec is a wait without end.
+        let left = deadline.and_then(|d| Timespec::try_from(d.saturating_duration_since(Instant::now())).ok());
+        match poll(fds, left.as_ref()) {
+            Ok(n) if n > 0 => return Ok(true),
+            Ok(_) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Waits until `fd` reports one of `events` (or an error or hangup). `None` waits forever;
 /// `Ok(false)` is a timeout. Signals (EINTR) restart the wait with the time left.
-pub(super) fn poll_fd(fd: BorrowedFd<'_>, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms: libc::c_int = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so that a wait of less than a millisecond still waits.
-                let ms = left.as_micros().div_ceil(1000);
-                ms.min(libc::c_int::MAX as u128) as libc::c_int
-            }
-        };
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
-        // SAFETY: `p` is one valid pollfd and the count is 1.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r > 0 {
-            return Ok(true);
-        }
-        if r < 0 {
-            let e = last_error();
-            if is_eintr(&e) {
-                continue;
-            }
-            return Err(e);
-        }
-        if ms == 0 {
-            return Ok(false);
-        }
-    }
+pub(super) fn poll_fd(fd: BorrowedFd<'_>, events: PollFlags, timeout: Option<Duration>) -> io::Result<bool> {
+    poll_fds(&mut [PollFd::from_borrowed_fd(fd, events)], timeout)
 }
 
 /// How bytes move on an fd.
@@ -67,24 +52,12 @@ pub(super) enum FdKind {
 
 /// What `fd` is; fails with `EBADF` when it is not open.
 pub(super) fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
-    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable stat buffer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(last_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    let st = rustix::fs::fstat(fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
         return Ok(FdKind::Other);
     }
-    let mut ty: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `ty` and `len` are valid for writes of the sizes given.
-    let r =
-        unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE, (&raw mut ty).cast(), &mut len) };
-    if r < 0 {
-        return Err(last_error());
-    }
-    Ok(if ty == libc::SOCK_SEQPACKET { FdKind::Seqpacket } else { FdKind::Socket })
+    let ty = rustix::net::sockopt::socket_type(fd)?;
+    Ok(if ty == SocketType::SEQPACKET { FdKind::Seqpacket } else { FdKind::Socket })
 }
 
 /// One read(2) (or, on a seqpacket socket, one recv(2) that reports the message's real size
@@ -92,26 +65,19 @@ pub(super) fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
 pub(super) fn read_once(fd: BorrowedFd<'_>, kind: FdKind, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let r = match kind {
-            // SAFETY: `buf` is valid for `buf.len()` bytes of writes; MSG_TRUNC only changes
-            // the returned count, never how much is written.
-            FdKind::Seqpacket => unsafe {
-                libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC)
-            },
-            // SAFETY: as above.
-            _ => unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) },
+            // MSG_TRUNC only changes the count returned (the message's real size), never how
+            // much is written into `buf`.
+            FdKind::Seqpacket => rustix::net::recv(fd, &mut *buf, RecvFlags::TRUNC).map(|(_, real)| real),
+            _ => rustix::io::read(fd, &mut *buf),
         };
-        if r >= 0 {
-            return Ok(r as usize);
+        match r {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                poll_fd(fd, PollFlags::IN, None)?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        let e = last_error();
-        if is_eintr(&e) {
-            continue;
-        }
-        if is_eagain(&e) {
-            poll_fd(fd, libc::POLLIN, None)?;
-            continue;
-        }
-        return Err(e);
     }
 }
 
@@ -120,89 +86,71 @@ pub(super) fn read_once(fd: BorrowedFd<'_>, kind: FdKind, buf: &mut [u8]) -> io:
 pub(super) fn write_all(fd: BorrowedFd<'_>, kind: FdKind, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let r = match kind {
-            // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
-            FdKind::Other => unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) },
-            // SAFETY: as above.
-            _ => unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) },
+            FdKind::Other => rustix::io::write(fd, buf),
+            _ => rustix::net::send(fd, buf, SendFlags::NOSIGNAL),
         };
-        if r < 0 {
-            let e = last_error();
-            if is_eintr(&e) {
-                continue;
+        match r {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write(2) wrote nothing")),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                poll_fd(fd, PollFlags::OUT, None)?;
             }
-            if is_eagain(&e) {
-                poll_fd(fd, libc::POLLOUT, None)?;
-                continue;
-            }
-            return Err(e);
+            Err(e) => return Err(e.into()),
         }
-        if r == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write(2) wrote nothing"));
-        }
-        buf = &buf[r as usize..];
     }
     Ok(())
 }
 
 /// Bytes waiting to be read on `fd` (`FIONREAD`).
 pub(super) fn bytes_waiting(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the pointer given.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
-        return Err(last_error());
-    }
-    Ok(n.max(0) as usize)
+    Ok(usize::try_from(rustix::io::ioctl_fionread(fd)?).unwrap_or(usize::MAX))
 }
 
-/// Sets or clears `FD_CLOEXEC`.
+/// Sets or clears `FD_CLOEXEC` on an fd number that may not be open (a number named in the
+/// environment, checked here before anything takes ownership of it).
 pub(super) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFD/F_SETFD take and return plain ints; a bad fd is EBADF.
+    // SAFETY: fcntl(2) with F_GETFD/F_SETFD takes and returns plain ints and touches no memory
+    // of this process; a number that is not open is EBADF. Not rustix: its fcntl takes a
+    // BorrowedFd, and making one from a number not yet known to be open (BorrowedFd::borrow_raw)
+    // would promise what this very call is there to check.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
-        return Err(last_error());
+        return Err(io::Error::last_os_error());
     }
     let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
-    // SAFETY: as above.
+    // SAFETY: as above (the fd was open a moment ago; if it is not, the call fails with EBADF).
     if new != flags && unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
-        return Err(last_error());
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL take and return plain ints.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(last_error());
-    }
-    let new = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new) } < 0 {
-        return Err(last_error());
-    }
+/// Clears `FD_CLOEXEC` on an open fd, so that a child started with exec inherits it.
+/// Async-signal-safe (two raw system calls, no allocation, no lock): usable between fork and
+/// exec.
+pub(crate) fn inherit_on_exec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = rustix::io::fcntl_getfd(fd)?;
+    rustix::io::fcntl_setfd(fd, flags - FdFlags::CLOEXEC)?;
+    Ok(())
+}
+
+/// Sets or clears `O_NONBLOCK` on the open file description of `fd`.
+pub(super) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    let new = if on { flags | OFlags::NONBLOCK } else { flags - OFlags::NONBLOCK };
+    rustix::fs::fcntl_setfl(fd, new)?;
     Ok(())
 }
 
 /// `socketpair(AF_UNIX, ty | SOCK_CLOEXEC)`.
-pub(super) fn socketpair(ty: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for the two fds the call writes.
-    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: both fds were just created and are owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+pub(super) fn socketpair(ty: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)?)
 }
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
 pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for the two fds the call writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: both fds were just created and are owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// A fresh private directory under the temporary directory.
@@ -226,14 +174,9 @@ fn private_dir() -> io::Result<PathBuf> {
 /// read end is opened first with O_NONBLOCK (an open for reading alone would wait for a
 /// writer), then made blocking.
 fn fifo_at(path: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "FIFO path contains a NUL byte"))?;
-    // SAFETY: `c` is a NUL-terminated path.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
-        return Err(last_error());
-    }
-    let r: OwnedFd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?.into();
-    let w: OwnedFd = std::fs::OpenOptions::new().write(true).open(path)?.into();
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, Mode::from_raw_mode(0o600))?;
+    let r = rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let w = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
     set_nonblocking(r.as_fd(), false)?;
     Ok((r, w))
 }

@@ -225,7 +225,9 @@ impl Transport {
         }
         // SAFETY: the launcher handed these fds to this process for the device (that is the
         // convention the variables express), they are open (checked above), and the
-        // ENV_TAKEN flag makes this the only place in the process that takes ownership.
+        // ENV_TAKEN flag makes this the only place in the process that takes ownership. Not
+        // rustix: taking ownership of an inherited fd number is std's `OwnedFd::from_raw_fd`
+        // (rustix offers the same constructor, no safer).
         let (cmd, resp) = unsafe { (OwnedFd::from_raw_fd(cmd), resp.map(|r| OwnedFd::from_raw_fd(r))) };
         Transport::new(cmd, resp, format)
     }
