@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! `ioregionfd-model conform` against real device processes: the example device
-//! (`examples/memory_device.rs`, compiled into this test) passes every check over every transport
-//! in both formats; devices broken on purpose (a reply to a posted write, a short response, a
+//! `ioregionfd-model conform` against real device processes: the example's device (the library's
+//! `ScratchMemory` served by `serve_from_env`, what `examples/memory_device.rs` runs) passes every
+//! check over every transport in both formats; devices broken on purpose (a reply to a posted write, a short response, a
 //! wrong user_data, an unclean exit) fail with clear messages; bad command lines exit with 2.
 //!
 //! The devices are this test binary run again: `conform` starts it with
@@ -9,11 +9,7 @@
 
 #![cfg(target_os = "linux")]
 
-#[allow(dead_code)]
-#[path = "../examples/memory_device.rs"]
-mod example;
-
-use ioregionfd_model::device::{IoregionDevice, MemoryDevice, Transport, serve};
+use ioregionfd_model::device::{IoregionDevice, MemoryDevice, ScratchMemory, Transport, serve, serve_from_env};
 use ioregionfd_model::wire::Response;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -26,7 +22,7 @@ const DEVICE_VAR: &str = "IOREGIONFD_TEST_DEVICE";
 fn device_process() {
     let Some(which) = std::env::var_os(DEVICE_VAR) else { return };
     let code = match which.to_str().unwrap_or("") {
-        "example" => example::main(),
+        "example" => serve_from_env("memory_device", &mut ScratchMemory::default()),
         other => broken_device(other),
     };
     let _ = std::io::stdout().flush();

@@ -37,7 +37,7 @@ pub mod conform;
 #[cfg(target_os = "linux")]
 mod real;
 
-pub use memory::MemoryDevice;
+pub use memory::{MemoryDevice, ScratchMemory};
 pub use model::{ServedDevice, receive_model_command};
 #[cfg(target_os = "linux")]
 pub use real::*;

@@ -12,5 +12,5 @@ mod transport;
 pub(crate) use sys::inherit_on_exec;
 
 pub use kernel_side::{KernelSide, ResponseError, connect};
-pub use serve::{ServeError, ServeSummary, serve};
+pub use serve::{ServeError, ServeSummary, serve, serve_from_env};
 pub use transport::{ENV_CMD_FD, ENV_FORMAT, ENV_RESP_FD, ENV_TRANSPORT, Transport, TransportKind};

@@ -5,6 +5,7 @@ use crate::device::IoregionDevice;
 use crate::wire::{Direction, MESSAGE_SIZE, Response, WireError};
 use std::fmt;
 use std::io;
+use std::process::ExitCode;
 
 /// What [`serve`] did before it stopped.
 ///
@@ -147,4 +148,43 @@ pub fn serve<D: IoregionDevice + ?Sized>(transport: &Transport, device: &mut D) 
         }
     }
     Ok(summary)
+}
+
+/// The whole `main` of a device process started by a launcher (`ioregionfd-model conform`, or a
+/// VMM that passes the fds the same way): takes the transport the environment names
+/// ([`Transport::from_env`]), serves `device` on it until the kernel side closes, and gives the
+/// exit status the launcher expects: 0 for end of file at a message boundary (a clean stop), 1
+/// for any other end, 2 when the environment names no usable transport. Errors are printed on
+/// standard error after `name: `.
+///
+/// ```no_run
+/// use ioregionfd_model::device::{ScratchMemory, serve_from_env};
+/// fn main() -> std::process::ExitCode {
+///     serve_from_env("my_device", &mut ScratchMemory::default())
+/// }
+/// ```
+///
+/// Outside such a launcher it says what is missing and returns 2:
+///
+/// ```
+/// # use ioregionfd_model::device::{ScratchMemory, serve_from_env};
+/// if std::env::var_os("IOREGIONFD_CMD_FD").is_none() {
+///     assert_eq!(serve_from_env("doc", &mut ScratchMemory::default()), std::process::ExitCode::from(2));
+/// }
+/// ```
+pub fn serve_from_env<D: IoregionDevice + ?Sized>(name: &str, device: &mut D) -> ExitCode {
+    let transport = match Transport::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(&transport, device) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
