@@ -1,10 +1,15 @@
-//! Serving a device: the blocking loop, what it did, and why it stopped.
+//! Serving a device: the blocking loop (with or without a stop fd), what it did, and why it
+//! stopped.
 
+use super::nonblocking::{CommandReader, ResponseWriter, Step};
+use super::sys::poll_fds;
 use super::transport::Transport;
 use crate::device::IoregionDevice;
-use crate::wire::{Direction, MESSAGE_SIZE, Response, WireError};
+use crate::wire::{Command, Direction, MESSAGE_SIZE, Response, WireError};
+use rustix::event::{PollFd, PollFlags};
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
 /// What [`serve`] did before it stopped.
@@ -129,25 +134,120 @@ impl std::error::Error for ServeError {
 pub fn serve<D: IoregionDevice + ?Sized>(transport: &Transport, device: &mut D) -> Result<ServeSummary, ServeError> {
     let mut summary = ServeSummary::default();
     while let Some(cmd) = transport.recv_command()? {
-        summary.commands += 1;
-        let value = match cmd.direction {
-            Direction::Read => {
-                summary.reads += 1;
-                device.read(cmd.user_data, cmd.offset, cmd.size())
-            }
-            Direction::Write => {
-                summary.writes += 1;
-                summary.posted_writes += u64::from(!cmd.resp);
-                device.write(cmd.user_data, cmd.offset, cmd.size(), cmd.data);
-                0
-            }
-        };
-        if cmd.wants_response() {
-            transport.send_response(&Response { data: value })?;
+        if let Some(response) = apply(device, &cmd, &mut summary) {
+            transport.send_response(&response)?;
             summary.responses += 1;
         }
     }
     Ok(summary)
+}
+
+/// Applies one command to `device` and counts it in `summary` (all but the response, which is
+/// counted once written): the response to send, if the command wants one.
+pub(super) fn apply<D: IoregionDevice + ?Sized>(
+    device: &mut D,
+    cmd: &Command,
+    summary: &mut ServeSummary,
+) -> Option<Response> {
+    summary.commands += 1;
+    let value = match cmd.direction {
+        Direction::Read => {
+            summary.reads += 1;
+            device.read(cmd.user_data, cmd.offset, cmd.size())
+        }
+        Direction::Write => {
+            summary.writes += 1;
+            summary.posted_writes += u64::from(!cmd.resp);
+            device.write(cmd.user_data, cmd.offset, cmd.size(), cmd.data);
+            0
+        }
+    };
+    cmd.wants_response().then_some(Response { data: value })
+}
+
+/// Why [`serve_until`] returned `Ok`.
+///
+/// ```
+/// use ioregionfd_model::device::StopReason;
+/// assert_ne!(StopReason::EndOfFile, StopReason::Stopped);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// End of file between commands: the kernel side closed.
+    EndOfFile,
+    /// The stop fd became readable.
+    Stopped,
+}
+
+/// [`serve`] that also returns when `stop` becomes readable: an exit eventfd of the VMM, a
+/// [`StopEvent`](super::StopEvent), or any fd that polls readable when the device should stop. It waits with
+/// poll(2) on the command fd and `stop` together (and on the response fd and `stop` while a
+/// response waits for room), so it stops while idle, in the middle of a command that arrives in
+/// pieces, and while a response waits for room; what it had not finished (part of a command,
+/// part of a response, commands not yet read) is left as it is. It never reads `stop`, so one
+/// exit eventfd can stop several devices; `stop` is checked first, so commands that arrive
+/// together with the request to stop are not served.
+///
+/// Otherwise it behaves as [`serve`]: the same commands, responses and errors, blocking or
+/// `O_NONBLOCK` fds alike.
+///
+/// ```
+/// use ioregionfd_model::device::{connect, serve_until, MemoryDevice, StopEvent, StopReason, TransportKind};
+/// use ioregionfd_model::wire::{Command, Direction, WireFormat};
+/// use std::time::Duration;
+/// let (kernel, transport) = connect(TransportKind::Seqpacket, WireFormat::V3).unwrap();
+/// let stop = StopEvent::new().unwrap();
+/// let handle = stop.try_clone().unwrap();
+/// let server = std::thread::spawn(move || serve_until(&transport, &mut MemoryDevice::default(), &handle));
+/// let read = Command { direction: Direction::Read, size_exponent: 2, resp: true, user_data: 3, offset: 4, data: 0 };
+/// kernel.send(&read).unwrap();
+/// assert_eq!(kernel.recv_response(Duration::from_secs(5)).unwrap().data, 0);
+/// stop.stop().unwrap(); // the kernel side is still open
+/// let (summary, why) = server.join().unwrap().unwrap();
+/// assert_eq!((summary.commands, why), (1, StopReason::Stopped));
+/// ```
+pub fn serve_until<D: IoregionDevice + ?Sized, S: AsFd + ?Sized>(
+    transport: &Transport,
+    device: &mut D,
+    stop: &S,
+) -> Result<(ServeSummary, StopReason), ServeError> {
+    let stop = stop.as_fd();
+    let mut summary = ServeSummary::default();
+    let mut reader = CommandReader::default();
+    let mut writer = ResponseWriter::default();
+    let (cmd_fd, cmd_kind, format) = (transport.cmd_fd(), transport.cmd_kind(), transport.format());
+    let (resp_fd, resp_kind) = (transport.resp_fd(), transport.resp_kind());
+    loop {
+        if !wait_or_stop(cmd_fd, PollFlags::IN, stop)
+            .map_err(|e| ServeError::Io { op: "wait for a command", source: e })?
+        {
+            return Ok((summary, StopReason::Stopped));
+        }
+        let cmd = match reader.step(cmd_fd, cmd_kind, format)? {
+            Step::Command(cmd) => cmd,
+            Step::Partial | Step::WouldBlock => continue,
+            Step::Closed => return Ok((summary, StopReason::EndOfFile)),
+        };
+        let Some(response) = apply(device, &cmd, &mut summary) else { continue };
+        writer.push(&response);
+        // Poll before each write: on a blocking fd, a write without room would not return.
+        while !writer.is_empty() {
+            if !wait_or_stop(resp_fd, PollFlags::OUT, stop)
+                .map_err(|e| ServeError::Io { op: "wait to write a response", source: e })?
+            {
+                return Ok((summary, StopReason::Stopped));
+            }
+            summary.responses += writer.step(resp_fd, resp_kind)?.unwrap_or(0);
+        }
+    }
+}
+
+/// Waits until `fd` reports `events` (`Ok(true)`) or `stop` is readable (`Ok(false)`; checked
+/// first, and again before waiting).
+fn wait_or_stop(fd: BorrowedFd<'_>, events: PollFlags, stop: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::from_borrowed_fd(stop, PollFlags::IN), PollFd::from_borrowed_fd(fd, events)];
+    poll_fds(&mut fds, None)?;
+    Ok(fds[0].revents().is_empty())
 }
 
 /// The whole `main` of a device process started by a launcher (`ioregionfd-model conform`, or a

@@ -102,6 +102,45 @@ pub(super) fn write_all(fd: BorrowedFd<'_>, kind: FdKind, mut buf: &[u8]) -> io:
     Ok(())
 }
 
+/// One read attempt that never waits: `Ok(Some(n))` as [`read_once`] would return, `Ok(None)`
+/// when the fd has nothing now (`EAGAIN` on an `O_NONBLOCK` fd). Restarts on EINTR. On a
+/// blocking fd it blocks unless poll said the fd is readable.
+pub(super) fn read_nb(fd: BorrowedFd<'_>, kind: FdKind, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        let r = match kind {
+            FdKind::Seqpacket => rustix::net::recv(fd, &mut *buf, RecvFlags::TRUNC).map(|(_, real)| real),
+            _ => rustix::io::read(fd, &mut *buf),
+        };
+        match r {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One write attempt that never waits: `Ok(Some(n))` bytes written (perhaps fewer than
+/// `buf.len()`), `Ok(None)` when the fd has no room now (`EAGAIN`). Restarts on EINTR; sockets
+/// are written with `MSG_NOSIGNAL`.
+pub(super) fn write_nb(fd: BorrowedFd<'_>, kind: FdKind, buf: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        let r = match kind {
+            FdKind::Other => rustix::io::write(fd, buf),
+            _ => rustix::net::send(fd, buf, SendFlags::NOSIGNAL),
+        };
+        match r {
+            Ok(0) if !buf.is_empty() => {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "write(2) wrote nothing"));
+            }
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Bytes waiting to be read on `fd` (`FIONREAD`).
 pub(super) fn bytes_waiting(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(rustix::io::ioctl_fionread(fd)?).unwrap_or(usize::MAX))

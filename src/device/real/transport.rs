@@ -270,6 +270,16 @@ impl Transport {
         self.resp.as_ref().unwrap_or(&self.cmd).as_fd()
     }
 
+    /// How bytes move on the command fd.
+    pub(super) fn cmd_kind(&self) -> FdKind {
+        self.cmd_kind
+    }
+
+    /// How bytes move on the response fd.
+    pub(super) fn resp_kind(&self) -> FdKind {
+        self.resp_kind
+    }
+
     /// Reads the next whole command, blocking until it is there. `Ok(None)` is end of file
     /// at a message boundary (the kernel side closed: a clean stop). Short reads are
     /// reassembled, EINTR restarts, an `O_NONBLOCK` fd is waited on with poll(2).
