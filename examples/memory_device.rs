@@ -26,7 +26,8 @@
 //! In a VMM you would create the fds yourself (a `socketpair(AF_UNIX, SOCK_SEQPACKET)` is the
 //! simplest: one fd per side, one message per command), register the region with
 //! `KVM_SET_IOREGION` giving KVM its end and a `user_data` that names the region, and hand the
-//! other end to `Transport::new` on the device thread.
+//! other end to `Transport::new` on the device thread (or, for a device task in an event loop,
+//! to `NonBlockingServer::new`: see `examples/event_loop_device.rs`).
 //!
 //! Pass `-v` to log every command on standard error.
 
