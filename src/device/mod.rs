@@ -13,6 +13,9 @@
 //! - **The conformance harness** ([`conform`]): plays KVM's side over real fds against a device
 //!   and checks the protocol (`ioregionfd-model conform`).
 //!
+//! With the feature `vm-device`, `VmDeviceMmio` and `VmDevicePio` serve a rust-vmm vm-device
+//! device (`MutDeviceMmio`, `MutDevicePio`) as an [`IoregionDevice`].
+//!
 //! [`IoregionDevice`] is what a device implements (read or write at an offset of a region that
 //! `user_data` names); [`MemoryDevice`] is the built-in one (reads return the last value written
 //! at that offset, else 0).
@@ -27,7 +30,7 @@
 //!
 //! Layering: these files import from `uapi`, `wire`, `errno`, `sync`, `invariants`, `trace` and
 //! `fd` only (the model's device needs the model's files); the real-fd library and the harness
-//! need only `wire`.
+//! need only `wire` (and rustix), the vm-device adapter nothing of the crate but the trait.
 
 mod memory;
 mod model;
@@ -36,11 +39,15 @@ mod model;
 pub mod conform;
 #[cfg(target_os = "linux")]
 mod real;
+#[cfg(feature = "vm-device")]
+mod vm_device;
 
 pub use memory::{MemoryDevice, ScratchMemory};
 pub use model::{ServedDevice, receive_model_command};
 #[cfg(target_os = "linux")]
 pub use real::*;
+#[cfg(feature = "vm-device")]
+pub use vm_device::{Shared, VmDeviceMmio, VmDevicePio};
 
 /// A device that serves ioregion accesses.
 pub trait IoregionDevice: Send {
