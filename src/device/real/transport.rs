@@ -124,7 +124,7 @@ impl fmt::Display for TransportKind {
 /// The device's end of a connection: commands are read from one fd, responses written to
 /// the same fd (a socket) or to another (a pipe or FIFO pair).
 ///
-/// Get one from [`connect`] (both ends in this process), from [`Transport::from_env`] (a
+/// Get one from [`connect`](super::connect) (both ends in this process), from [`Transport::from_env`] (a
 /// device started by `ioregionfd-model conform` or by a VMM that follows the same
 /// convention), or from fds you already have with [`Transport::new`].
 ///
