@@ -1,4 +1,5 @@
-//! An ioregionfd device a VMM author can copy: byte-addressed scratch memory, one per region.
+//! An ioregionfd device process a VMM author can copy: byte-addressed scratch memory, one per
+//! region.
 //!
 //! KVM (or `ioregionfd-model conform`, which plays KVM's side) writes 32-byte commands on a file
 //! descriptor; this process reads them, applies them to its memory and answers reads and
@@ -17,49 +18,31 @@
 //! cargo run -- conform --transport all -- target/debug/examples/memory_device
 //! ```
 //!
+//! The device is the library's [`ScratchMemory`]; the loop, the launch convention and the exit
+//! status are the library's [`serve_from_env`] (the conformance tests run that same pair). What
+//! this file adds is the shape of a device of your own: an [`IoregionDevice`] (here one that logs
+//! each access and hands it on) served by one call.
+//!
 //! In a VMM you would create the fds yourself (a `socketpair(AF_UNIX, SOCK_SEQPACKET)` is the
 //! simplest: one fd per side, one message per command), register the region with
 //! `KVM_SET_IOREGION` giving KVM its end and a `user_data` that names the region, and hand the
-//! other end to [`Transport::new`] on the device thread.
+//! other end to `Transport::new` on the device thread (or, for a device task in an event loop,
+//! to `NonBlockingServer::new`: see `examples/event_loop_device.rs`).
 //!
 //! Pass `-v` to log every command on standard error.
 
-use ioregionfd_model::device::{IoregionDevice, Transport, serve};
-use std::collections::HashMap;
+use ioregionfd_model::device::{IoregionDevice, ScratchMemory, serve_from_env};
 use std::process::ExitCode;
 
-/// Sparse, byte-addressed memory per region (`user_data`): 4 KiB pages allocated on first
-/// write; unwritten bytes read as 0. Accesses are little endian, as on x86.
-#[derive(Default)]
-struct ScratchMemory {
-    /// (user_data, page number) -> page.
-    pages: HashMap<(u64, u64), Box<[u8; PAGE]>>,
+/// A device that logs every access on standard error (when `verbose`) and hands it to `inner`.
+struct Logged<D> {
+    inner: D,
     verbose: bool,
 }
 
-const PAGE: usize = 4096;
-
-impl ScratchMemory {
-    /// The byte at `offset` of region `user_data`.
-    fn byte(&self, user_data: u64, offset: u64) -> u8 {
-        let page = self.pages.get(&(user_data, offset / PAGE as u64));
-        page.map_or(0, |p| p[(offset % PAGE as u64) as usize])
-    }
-
-    fn set_byte(&mut self, user_data: u64, offset: u64, value: u8) {
-        let page = self.pages.entry((user_data, offset / PAGE as u64)).or_insert_with(|| Box::new([0; PAGE]));
-        page[(offset % PAGE as u64) as usize] = value;
-    }
-}
-
-impl IoregionDevice for ScratchMemory {
+impl<D: IoregionDevice> IoregionDevice for Logged<D> {
     fn read(&mut self, user_data: u64, offset: u64, size: usize) -> u64 {
-        let mut bytes = [0u8; 8];
-        for (i, b) in bytes.iter_mut().enumerate().take(size.min(8)) {
-            // Offsets wrap at the end of the 64-bit space instead of overflowing.
-            *b = self.byte(user_data, offset.wrapping_add(i as u64));
-        }
-        let value = u64::from_le_bytes(bytes);
+        let value = self.inner.read(user_data, offset, size);
         if self.verbose {
             eprintln!("memory_device: read  user_data {user_data:#x} offset {offset:#x} size {size} -> {value:#x}");
         }
@@ -70,34 +53,13 @@ impl IoregionDevice for ScratchMemory {
         if self.verbose {
             eprintln!("memory_device: write user_data {user_data:#x} offset {offset:#x} size {size} <- {value:#x}");
         }
-        for (i, b) in value.to_le_bytes().into_iter().enumerate().take(size.min(8)) {
-            self.set_byte(user_data, offset.wrapping_add(i as u64), b);
-        }
+        self.inner.write(user_data, offset, size, value);
     }
 }
 
-// `pub(crate)` only so that the crate's conformance tests can run this very file as their device.
-pub(crate) fn main() -> ExitCode {
+fn main() -> ExitCode {
     let verbose = std::env::args().skip(1).any(|a| a == "-v" || a == "--verbose");
-    let transport = match Transport::from_env() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("memory_device: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut device = ScratchMemory { verbose, ..ScratchMemory::default() };
-    match serve(&transport, &mut device) {
-        // End of file at a message boundary: the kernel side closed. A clean stop.
-        Ok(summary) => {
-            if verbose {
-                eprintln!("memory_device: end of file after {summary}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("memory_device: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    // Exit status 0 at end of file between commands (the kernel side closed: a clean stop), 1 on
+    // any other end, 2 without the fds.
+    serve_from_env("memory_device", &mut Logged { inner: ScratchMemory::default(), verbose })
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! `ioregionfd-model conform` against real device processes: the example device
-//! (`examples/memory_device.rs`, compiled into this test) passes every check over every transport
-//! in both formats; devices broken on purpose (a reply to a posted write, a short response, a
+//! `ioregionfd-model conform` against real device processes: the example's device (the library's
+//! `ScratchMemory` served by `serve_from_env`, what `examples/memory_device.rs` runs) and the
+//! same memory served by a `NonBlockingServer` in a poll loop pass every check over every
+//! transport in both formats; devices broken on purpose (a reply to a posted write, a short response, a
 //! wrong user_data, an unclean exit) fail with clear messages; bad command lines exit with 2.
 //!
 //! The devices are this test binary run again: `conform` starts it with
@@ -9,11 +10,9 @@
 
 #![cfg(target_os = "linux")]
 
-#[allow(dead_code)]
-#[path = "../../../examples/memory_device.rs"]
-mod example;
-
-use ioregionfd_model::device::{IoregionDevice, MemoryDevice, Transport, serve};
+use ioregionfd_model::device::{
+    IoregionDevice, MemoryDevice, NonBlockingServer, Progress, ScratchMemory, Transport, serve, serve_from_env,
+};
 use ioregionfd_model::wire::Response;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -26,13 +25,40 @@ const DEVICE_VAR: &str = "IOREGIONFD_TEST_DEVICE";
 fn device_process() {
     let Some(which) = std::env::var_os(DEVICE_VAR) else { return };
     let code = match which.to_str().unwrap_or("") {
-        "example" => example::main(),
+        "example" => serve_from_env("memory_device", &mut ScratchMemory::default()),
+        "nonblocking" => nonblocking_device(),
         other => broken_device(other),
     };
     let _ = std::io::stdout().flush();
     // (ExitCode cannot be turned into a number on stable; these are the codes the devices use.)
     let status = [0u8, 2, 3].into_iter().find(|&c| code == ExitCode::from(c)).map_or(1, i32::from);
     std::process::exit(status);
+}
+
+/// The library's NonBlockingServer in a poll(2) loop: the command fd always, the response fd
+/// while a response waits for room. Exit status as `serve_from_env`'s.
+fn nonblocking_device() -> ExitCode {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let t = Transport::from_env().expect("the fds from the environment");
+    let mut server = NonBlockingServer::new(t).expect("O_NONBLOCK");
+    let mut memory = ScratchMemory::default();
+    loop {
+        match server.process(&mut memory) {
+            Ok(Progress::Closed) => return ExitCode::SUCCESS,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("nonblocking device: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let (cmd, resp) = (server.cmd_fd(), server.resp_fd());
+        let mut fds = [PollFd::from_borrowed_fd(cmd, PollFlags::IN), PollFd::from_borrowed_fd(resp, PollFlags::OUT)];
+        let n = if server.wants_write() { 2 } else { 1 };
+        match poll(&mut fds[..n], None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
 }
 
 fn write_raw(fd: BorrowedFd<'_>, bytes: &[u8]) {
@@ -115,6 +141,16 @@ fn example_device_passes_every_check_everywhere() {
     ] {
         assert!(stdout.contains(&format!("ok   {check}: ")), "{check} missing:\n{out}");
     }
+}
+
+#[test]
+fn the_nonblocking_server_passes_every_check_everywhere() {
+    let o = conform("nonblocking", &["--wire", "all", "--transport", "all", "--quiet-ms", "20"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(fail_lines(&o).is_empty(), "{out}");
+    let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string();
+    assert!(last.starts_with("conform: ") && last.ends_with(" passed, 0 failed"), "{out}");
 }
 
 #[test]
