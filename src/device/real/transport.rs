@@ -4,7 +4,6 @@
 use super::serve::ServeError;
 use super::sys::{FdKind, fd_kind, read_once, set_cloexec, write_all};
 use crate::wire::{Command, MESSAGE_SIZE, Response, WireFormat};
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,84 +41,9 @@ pub const ENV_TRANSPORT: &str = "IOREGIONFD_TRANSPORT";
 
 // ----- transports -----
 
-/// The kinds of fd pair that connect KVM (the kernel side) and a device.
-///
-/// ```
-/// use ioregionfd_model::device::TransportKind;
-/// assert_eq!(TransportKind::from_name("seqpacket"), Some(TransportKind::Seqpacket));
-/// assert_eq!(TransportKind::ALL.len(), 4);
-/// assert_eq!(TransportKind::Pipe.to_string(), "pipe");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TransportKind {
-    /// `socketpair(AF_UNIX, SOCK_STREAM)`: one fd each, both directions; bytes, no message
-    /// boundaries.
-    Stream,
-    /// `socketpair(AF_UNIX, SOCK_SEQPACKET)`: one fd each; every write is one message.
-    Seqpacket,
-    /// Two pipes: commands one way, responses the other.
-    Pipe,
-    /// Two FIFOs (named pipes), made in a private temporary directory, opened, unlinked.
-    Fifo,
-}
-
-impl TransportKind {
-    /// Every kind, in the order the tools list them.
-    ///
-    /// ```
-    /// use ioregionfd_model::device::TransportKind;
-    /// let names: Vec<_> = TransportKind::ALL.iter().map(|k| k.name()).collect();
-    /// assert_eq!(names, ["stream", "seqpacket", "pipe", "fifo"]);
-    /// ```
-    pub const ALL: [TransportKind; 4] =
-        [TransportKind::Stream, TransportKind::Seqpacket, TransportKind::Pipe, TransportKind::Fifo];
-
-    /// Name as the command line writes it.
-    ///
-    /// ```
-    /// assert_eq!(ioregionfd_model::device::TransportKind::Stream.name(), "stream");
-    /// ```
-    pub fn name(self) -> &'static str {
-        match self {
-            TransportKind::Stream => "stream",
-            TransportKind::Seqpacket => "seqpacket",
-            TransportKind::Pipe => "pipe",
-            TransportKind::Fifo => "fifo",
-        }
-    }
-
-    /// The kind with this [`name`](Self::name).
-    ///
-    /// ```
-    /// use ioregionfd_model::device::TransportKind;
-    /// assert_eq!(TransportKind::from_name("fifo"), Some(TransportKind::Fifo));
-    /// assert_eq!(TransportKind::from_name("tcp"), None);
-    /// ```
-    pub fn from_name(name: &str) -> Option<TransportKind> {
-        TransportKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    /// What it is made of, for reports.
-    ///
-    /// ```
-    /// use ioregionfd_model::device::TransportKind;
-    /// assert!(TransportKind::Seqpacket.describe().contains("SOCK_SEQPACKET"));
-    /// ```
-    pub fn describe(self) -> &'static str {
-        match self {
-            TransportKind::Stream => "socketpair(AF_UNIX, SOCK_STREAM)",
-            TransportKind::Seqpacket => "socketpair(AF_UNIX, SOCK_SEQPACKET)",
-            TransportKind::Pipe => "a pipe pair",
-            TransportKind::Fifo => "a FIFO pair",
-        }
-    }
-}
-
-impl fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The kinds of fd pair: the one vocabulary of the model and the device library
+/// ([`crate::wire::TransportKind`]).
+pub use crate::wire::TransportKind;
 
 /// The device's end of a connection: commands are read from one fd, responses written to
 /// the same fd (a socket) or to another (a pipe or FIFO pair).
