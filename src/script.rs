@@ -802,7 +802,39 @@ pub fn run_script(input: impl BufRead, out: &mut impl Write, err: &mut impl Writ
 }
 
 /// [`run_script`] on a given runner (a design with knob overrides: [`Runner::with_overrides`]).
-pub fn run_script_with(input: impl BufRead, out: &mut impl Write, err: &mut impl Write, mut runner: Runner) -> i32 {
+pub fn run_script_with(input: impl BufRead, out: &mut impl Write, err: &mut impl Write, runner: Runner) -> i32 {
+    run_script_with_options(input, out, err, runner, ScriptOptions::default())
+}
+
+/// What [`run_script_with_options`] prints besides each result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScriptOptions {
+    /// Each operation as `> LINE` before its result (comments and blank lines are skipped).
+    pub echo: bool,
+    /// The trace events each operation recorded, as `  | EVENT` lines before its result.
+    pub trace: bool,
+}
+
+/// [`run_script_with`], with the operations echoed and/or their events shown: every operation's
+/// lines (echo, events, result, the violations it caused) stay together.
+///
+/// ```
+/// use ioregionfd_model::design::Design;
+/// use ioregionfd_model::script::{Runner, ScriptOptions, run_script_with_options};
+/// let mut out = Vec::new();
+/// let opts = ScriptOptions { echo: true, trace: true };
+/// let code = run_script_with_options("vm\neventfd\n".as_bytes(), &mut out, &mut Vec::new(), Runner::new(Design::Proposed), opts);
+/// let out = String::from_utf8(out).unwrap();
+/// assert_eq!(code, 0);
+/// assert!(out.starts_with("> vm\n  | 1 main vm0: created\nvm 0\n> eventfd\n"), "{out}");
+/// ```
+pub fn run_script_with_options(
+    input: impl BufRead,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    mut runner: Runner,
+    opts: ScriptOptions,
+) -> i32 {
     let mut violated = false;
     for (n, line) in input.lines().enumerate() {
         let line = match line {
@@ -821,6 +853,10 @@ pub fn run_script_with(input: impl BufRead, out: &mut impl Write, err: &mut impl
                 return 2;
             }
         };
+        if opts.echo {
+            let _ = writeln!(out, "> {}", line.trim());
+        }
+        let events_before = runner.kvm().recorder().event_count();
         let output = match runner.execute(&op) {
             Ok(o) => o,
             Err(e) => {
@@ -829,6 +865,11 @@ pub fn run_script_with(input: impl BufRead, out: &mut impl Write, err: &mut impl
                 return 2;
             }
         };
+        if opts.trace {
+            for e in runner.kvm().recorder().events_since(events_before) {
+                let _ = writeln!(out, "  | {e}");
+            }
+        }
         let _ = writeln!(out, "{}", output.result);
         for v in &output.violations {
             let _ = writeln!(out, "{v}");

@@ -185,6 +185,16 @@ impl Recorder {
         self.0.with(|log| log.violations.get(since..).unwrap_or_default().to_vec())
     }
 
+    /// Events recorded so far.
+    pub fn event_count(&self) -> usize {
+        self.0.with(|log| log.events.len())
+    }
+
+    /// The events recorded after the first `since`.
+    pub fn events_since(&self, since: usize) -> Vec<Event> {
+        self.0.with(|log| log.events.get(since..).unwrap_or_default().to_vec())
+    }
+
     /// Every event recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.0.with(|log| log.events.clone())

@@ -71,6 +71,12 @@ pub struct ScriptArgs {
     /// Override one knob of the preset (repeatable; `ioregionfd-model knobs` lists them)
     #[arg(long = "knob", value_name = "NAME=VALUE", value_parser = knob)]
     pub knobs: Vec<(String, String)>,
+    /// Print each operation (`> LINE`) before its result
+    #[arg(long)]
+    pub echo: bool,
+    /// Print the trace events each operation recorded (`  | EVENT`) before its result
+    #[arg(long)]
+    pub trace: bool,
     /// The script (`-`: standard input)
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,

@@ -8,7 +8,7 @@ use clap::Parser;
 use cli::{BenchArgs, BenchTable, Cli, Command, ConformArgs, Format, ListArgs, ScriptArgs};
 use ioregionfd_model::design::{Design, KNOBS};
 use ioregionfd_model::invariants::CATALOGUE;
-use ioregionfd_model::script::{Runner, run_script_with};
+use ioregionfd_model::script::{Runner, ScriptOptions, run_script_with_options};
 use serde_json::json;
 use std::io::{BufReader, Write};
 use std::process::ExitCode;
@@ -35,12 +35,13 @@ fn script(args: &ScriptArgs) -> Result<ExitCode, String> {
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
     let runner = Runner::with_overrides(args.design, &args.knobs)?;
+    let opts = ScriptOptions { echo: args.echo, trace: args.trace };
     let code = match args.file.as_deref() {
         Some(path) if path.as_os_str() != "-" => {
             let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            run_script_with(BufReader::new(f), &mut out, &mut err, runner)
+            run_script_with_options(BufReader::new(f), &mut out, &mut err, runner, opts)
         }
-        _ => run_script_with(std::io::stdin().lock(), &mut out, &mut err, runner),
+        _ => run_script_with_options(std::io::stdin().lock(), &mut out, &mut err, runner, opts),
     };
     Ok(ExitCode::from(code as u8))
 }

@@ -133,3 +133,29 @@ fn bench_json_has_the_tables_and_the_measurements() {
     assert!(!measurements.is_empty());
     assert!(measurements.iter().all(|m| m["median_ns"].as_f64().is_some_and(|ns| ns > 0.0)), "{json}");
 }
+
+/// `script --echo --trace`: each operation, then the events it recorded, its result and the
+/// violations it caused, in that order; without the flags only results and violations.
+#[test]
+fn script_echo_and_trace_keep_each_operation_with_its_lines() {
+    let dir = std::env::temp_dir().join(format!("ioregionfd-cli-echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("overlap.script");
+    std::fs::write(
+        &script,
+        "vm\nsocketpair\nioregion 0 mmio 0x1000 8 3 3 user_data=1\nioregion 0 mmio 0x1007 8 3 3 user_data=2\n",
+    )
+    .unwrap();
+    let path = script.to_str().unwrap();
+    let plain = stdout(&run(&["script", "--design", "rfc-v3", path]));
+    let traced = stdout(&run(&["script", "--design", "rfc-v3", "--echo", "--trace", path]));
+    let _ = std::fs::remove_dir_all(&dir);
+    let kept: Vec<&str> = traced.lines().filter(|l| !l.starts_with("> ") && !l.starts_with("  | ")).collect();
+    assert_eq!(kept, plain.lines().collect::<Vec<_>>(), "the flags add lines, never change the others");
+    let second = traced.find("> ioregion 0 mmio 0x1007").expect("the operation is echoed");
+    let after = &traced[second..];
+    let event = after.find("  | 9 main vm0: register ioregion#2").expect("its events follow it");
+    let result = after.find("\nok\n").expect("then its result");
+    let violation = after.find("violation overlap").expect("then the violation it caused");
+    assert!(event < result && result < violation, "{after}");
+}
