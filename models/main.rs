@@ -51,6 +51,10 @@ const USAGE: &str =
   --generated      the generated scenarios (proposed, expected to hold) instead of the catalogue
   --sample N       with --generated: N of them, evenly spaced (a fixed sample)
   --iterations N   shuttle: schedules per scheduler (default 1000, or SHUTTLE_ITERATIONS)
+  --jobs N         rows checked at once, one OS thread each (default: the number of cores)
+  --shard I/N      only every Nth of the chosen rows, starting with the Ith (a cluster runs the N shards)
+  --report-dir D   write the report to D (default $CARGO_TARGET_DIR/model-report)
+  --merge D        join the reports of all N shards (repeat per directory) into one, in the rows' order
 libtest flags (rows are trials named SCENARIO::DESIGN): --list [--format terse], --exact NAME,
   --test-threads N, --skip TEXT, --ignored, --include-ignored, --nocapture, --quiet, --color WHEN
 limits: LOOM_MAX_DURATION (s), LOOM_MAX_PERMUTATIONS, LOOM_MAX_BRANCHES: a search they cut short is `incomplete`;
@@ -67,6 +71,12 @@ struct Options {
     /// The flags for libtest-mimic (the trial runner), program name first.
     libtest: Vec<String>,
     exact: bool,
+    /// `--shard I/N`: only the rows whose place among the chosen rows is I-1 modulo N.
+    shard: Option<(usize, usize)>,
+    /// `--merge DIR`: join the shard reports in these directories instead of running rows.
+    merge: Vec<PathBuf>,
+    /// `--report-dir DIR`: where the report goes (default `$CARGO_TARGET_DIR/model-report`).
+    report_dir: Option<PathBuf>,
 }
 
 /// A path as the user wrote it: relative to the package root (cargo's working directory for
@@ -108,6 +118,9 @@ fn options() -> Result<Options, String> {
         sample: None,
         libtest: vec!["models".to_string()],
         exact: false,
+        shard: None,
+        merge: Vec::new(),
+        report_dir: None,
     };
     let parse_bound = |v: &str| match v {
         "none" => Ok(None),
@@ -135,6 +148,23 @@ fn options() -> Result<Options, String> {
                 o.limits.iterations = v.parse().map_err(|_| format!("--iterations {v} is not a number"))?;
             }
             "--knob" => o.knobs.push(ioregionfd_model::design::parse_override(&value("NAME=VALUE")?)?),
+            "--shard" => {
+                let v = value("I/N")?;
+                let bad = || format!("--shard {v}: I/N with 1 <= I <= N");
+                let (i, n) = v.split_once('/').ok_or_else(bad)?;
+                let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+                if i == 0 || i > n {
+                    return Err(bad());
+                }
+                o.shard = Some((i, n));
+            }
+            "--merge" => o.merge.push(resolve(&value("a report directory")?)),
+            "--report-dir" => o.report_dir = Some(resolve(&value("a directory")?)),
+            // --jobs N: rows checked at once (libtest's --test-threads).
+            "--jobs" | "-j" => {
+                let v = value("a number")?;
+                o.libtest.extend(["--test-threads".to_string(), v]);
+            }
             "-h" | "--help" => return Err(String::new()),
             f if LIBTEST_VALUED.contains(&f) => {
                 let v = value("a value")?;
@@ -203,6 +233,9 @@ fn rows(o: &Options) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
+/// Each trial's result, by its place among the trials, with the row's place among the chosen rows.
+type Slots = Mutex<Vec<Option<(usize, RowResult)>>>;
+
 /// The trial name of a row.
 fn trial_name(row: &Row) -> String {
     format!("{}::{}", row.name, row.label)
@@ -268,6 +301,9 @@ fn main() {
         );
         std::process::exit(2);
     }
+    if !o.merge.is_empty() {
+        std::process::exit(merge(&o));
+    }
     let args = Arguments::from_iter(o.libtest.clone());
     let chosen = match rows(&o).and_then(|all| choose(all, if o.exact { &[] } else { &o.filters })) {
         Ok(r) => r,
@@ -277,9 +313,14 @@ fn main() {
         }
     };
     // Without a checker only the rows expected to hold are trials (a defect can hang real
-    // threads); the others are `cargo model`'s.
-    let chosen: Vec<Row> =
-        if exhaustive { chosen } else { chosen.into_iter().filter(|r| r.expected == Expected::Holds).collect() };
+    // threads); the others are `cargo model`'s. Each row keeps its place among the chosen rows
+    // (what `--shard` counts and a merge orders by).
+    let chosen: Vec<(usize, Row)> = chosen
+        .into_iter()
+        .filter(|r| exhaustive || r.expected == Expected::Holds)
+        .enumerate()
+        .filter(|(i, _)| o.shard.is_none_or(|(k, n)| i % n == k - 1))
+        .collect();
     let listing = args.list;
     if exhaustive && !listing {
         eprintln!(
@@ -295,13 +336,13 @@ fn main() {
             );
         }
     }
-    let slots: Arc<Mutex<Vec<Option<RowResult>>>> = Arc::new(Mutex::new((0..chosen.len()).map(|_| None).collect()));
+    let slots: Arc<Slots> = Arc::new(Mutex::new((0..chosen.len()).map(|_| None).collect()));
     let done = Arc::new(AtomicUsize::new(0));
     let total = chosen.len();
     let trials: Vec<Trial> = chosen
         .into_iter()
         .enumerate()
-        .map(|(i, row)| {
+        .map(|(i, (index, row))| {
             let (slots, done, limits) = (slots.clone(), done.clone(), o.limits.clone());
             let kind = if exhaustive { ioregionfd_model::sync::BACKEND } else { "smoke" };
             Trial::test(trial_name(&row), move || {
@@ -341,7 +382,7 @@ fn main() {
                     let f = result.explored.failure.as_ref();
                     format!("{message}{}", f.map_or_else(String::new, |f| format!(": {}", f.text)))
                 });
-                slots.lock().unwrap()[i] = Some(result);
+                slots.lock().unwrap()[i] = Some((index, result));
                 match failure {
                     None => Ok(()),
                     Some(m) => Err(Failed::from(m)),
@@ -354,7 +395,7 @@ fn main() {
     if listing {
         return;
     }
-    let results: Vec<RowResult> = std::mem::take(&mut *slots.lock().unwrap()).into_iter().flatten().collect();
+    let results: Vec<(usize, RowResult)> = std::mem::take(&mut *slots.lock().unwrap()).into_iter().flatten().collect();
     if exhaustive && !results.is_empty() {
         if std::env::var_os("NEXTEST_RUN_ID").is_some() {
             // cargo-nextest runs each row in a process of its own: no one process sees the run.
@@ -368,26 +409,27 @@ fn main() {
 
 /// The table, the counterexamples, the incomplete rows, the end states of a few rows, and the
 /// report, as `cargo model` has always printed them.
-fn summarize(o: &Options, results: &[RowResult]) {
-    print_table(results);
-    for r in results {
+fn summarize(o: &Options, results: &[(usize, RowResult)]) {
+    let rows: Vec<&RowResult> = results.iter().map(|(_, r)| r).collect();
+    print_table(&rows);
+    for r in &rows {
         let Some(f) = r.explored.failure.as_ref() else { continue };
         println!("\n== counterexample: {} under {}: {} violated: {}", r.name, r.label, f.invariant, f.text);
         print!("{}", f.trace());
         println!("replay: {}   (add LOOM_LOG=trace LOOM_LOCATION=1 for loom's own step log)", r.replay);
     }
-    for r in results {
+    for r in &rows {
         if let Completeness::Incomplete(why) = &r.explored.completeness {
             println!("\n== incomplete: {} under {}: {why}; no verdict of `holds` is drawn", r.name, r.label);
         }
     }
     // Few rows chosen: their distinct end states too (all of them are in the report).
-    if results.len() <= 8 {
-        for r in results.iter().filter(|r| !r.explored.end_states.is_empty()) {
+    if rows.len() <= 8 {
+        for r in rows.iter().filter(|r| !r.explored.end_states.is_empty()) {
             print_end_states(r);
         }
     }
-    let dir = report::dir();
+    let dir = o.report_dir.clone().unwrap_or_else(report::dir);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let run = report::RunInfo {
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -398,15 +440,44 @@ fn summarize(o: &Options, results: &[RowResult]) {
         filters: o.filters.iter().cloned().chain(o.files.iter().map(|f| f.display().to_string())).collect(),
         knobs: o.knobs.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         date: report::utc_now(),
+        shard: o.shard.map(|(i, n)| format!("{i}/{n}")),
+        merged_shards: None,
     };
-    match report::write(&dir, &run, results) {
+    let reports = results.iter().map(|(index, r)| report::row_report(r, *index)).collect();
+    match report::write(&dir, &run, reports) {
         Ok(()) => {
             println!("\nreport: {0}/report.json, {0}/index.html (traces and pictures in {0}/traces/)", dir.display())
         }
         Err(e) => eprintln!("models: cannot write the report: {e}"),
     }
-    let failed = results.iter().filter(|r| !r.passed).count();
-    println!("{} passed, {} failed", results.len() - failed, failed);
+    let failed = rows.iter().filter(|r| !r.passed).count();
+    println!("{} passed, {} failed", rows.len() - failed, failed);
+}
+
+/// `--merge`: the shard reports joined into the report of the whole run; exit 0 when every row
+/// passed, 1 when one did not, 2 when the reports are not the shards of one run.
+fn merge(o: &Options) -> i32 {
+    let reports: Result<Vec<report::Report>, String> = o.merge.iter().map(|d| report::read(d)).collect();
+    let (run, rows) = match reports.and_then(report::merge) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("models: --merge: {e}");
+            return 2;
+        }
+    };
+    for r in &rows {
+        println!("{}", r.line());
+    }
+    let failed = rows.iter().filter(|r| !r.passed()).count();
+    let total = rows.len();
+    let dir = o.report_dir.clone().unwrap_or_else(report::dir);
+    if let Err(e) = report::write(&dir, &run, rows) {
+        eprintln!("models: cannot write the merged report: {e}");
+        return 2;
+    }
+    println!("\nreport: {0}/report.json, {0}/index.html (merged from {1} shards)", dir.display(), o.merge.len());
+    println!("{} passed, {} failed", total - failed, failed);
+    i32::from(failed > 0)
 }
 
 fn print_end_states(r: &RowResult) {
@@ -434,7 +505,7 @@ fn replay_filter(row: &Row) -> String {
     }
 }
 
-fn print_table(results: &[RowResult]) {
+fn print_table(results: &[&RowResult]) {
     println!(
         "\n{:<36} {:<40} {:<22} {:<26} {:>13} {:>8}",
         "scenario", "design", "expected", "verdict", "interleavings", "seconds"

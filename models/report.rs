@@ -7,14 +7,15 @@
 //! the vCPU's `SEND_CMD` to the device that reads it, a response from the device to the vCPU's
 //! `GET_REPLY`); the violating event in red; at a deadlock, what every blocked thread waits for.
 
-use ioregionfd_model::scenario::Failure;
 use ioregionfd_model::scenario::check::{Completeness, Explored};
 use ioregionfd_model::trace::Event;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// The report's format; bump it when a field changes meaning or goes away.
+/// The report's format; bump the version when a field changes meaning or goes away.
+pub const SCHEMA: &str = "ioregionfd-model/model-report";
+/// See [`SCHEMA`].
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One row as the harness ran it.
@@ -30,16 +31,17 @@ pub struct RowResult {
     pub replay: String,
 }
 
-#[derive(Serialize)]
-struct Report<'a> {
-    schema: &'static str,
-    version: u32,
-    run: &'a RunInfo,
-    rows: Vec<RowReport>,
+/// `report.json`.
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub version: u32,
+    pub run: RunInfo,
+    pub rows: Vec<RowReport>,
 }
 
 /// Where and how the report was made.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RunInfo {
     pub crate_version: String,
     /// `git rev-parse HEAD` of the repository, with `-dirty` when its work tree has changes;
@@ -57,10 +59,17 @@ pub struct RunInfo {
     pub knobs: Vec<String>,
     /// When the run finished, UTC, RFC 3339.
     pub date: String,
+    /// `I/N` when this run was shard I of N (`--shard`); `null` for a whole run or a merge.
+    pub shard: Option<String>,
+    /// A merge (`--merge`): how many shard reports it joined.
+    pub merged_shards: Option<usize>,
 }
 
-#[derive(Serialize)]
-struct RowReport {
+/// One row of `report.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RowReport {
+    /// The row's place among the rows the filters chose, before any sharding (a merge orders by it).
+    pub index: usize,
     scenario: String,
     design: String,
     summary: String,
@@ -70,10 +79,10 @@ struct RowReport {
     /// Whether the search covered everything it claims (`false`: cut short, sampled, smoke).
     complete: bool,
     /// `complete`, `sampled` (shuttle), `smoke`, or `incomplete`.
-    search: &'static str,
+    search: String,
     incomplete_reason: Option<String>,
     interleavings: usize,
-    seconds: f64,
+    pub seconds: f64,
     /// The invariants the row's verdict and expectation name, with their statements.
     invariants: Vec<InvariantRef>,
     counterexample: Option<Counterexample>,
@@ -81,13 +90,13 @@ struct RowReport {
     replay: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct InvariantRef {
     id: String,
     statement: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct Counterexample {
     invariant: String,
     text: String,
@@ -101,23 +110,23 @@ struct Counterexample {
     picture_file: String,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct EventRecord {
     seq: usize,
     thread: String,
     vm: Option<usize>,
     what: String,
     /// `event`, `violation`, or `setup-finding` (a violation during setup, not in the verdict).
-    kind: &'static str,
+    kind: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct Blocked {
     thread: String,
     waits_for: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct EndState {
     state: String,
     verdict: String,
@@ -146,7 +155,7 @@ fn event_record(e: &Event) -> EventRecord {
     } else {
         "event"
     };
-    EventRecord { seq: e.seq, thread: e.thread.clone(), vm: e.vm, what: e.what.clone(), kind }
+    EventRecord { seq: e.seq, thread: e.thread.clone(), vm: e.vm, what: e.what.clone(), kind: kind.to_string() }
 }
 
 fn invariants_of(r: &RowResult) -> Vec<InvariantRef> {
@@ -169,7 +178,8 @@ fn file_stem(r: &RowResult) -> String {
     safe_file_name(&format!("{}.{}", r.name, r.label))
 }
 
-fn row_report(r: &RowResult) -> RowReport {
+/// A row as `report.json` has it; `index` is its place among the chosen rows.
+pub fn row_report(r: &RowResult, index: usize) -> RowReport {
     let (search, complete, incomplete_reason) = search_of(&r.explored.completeness);
     let counterexample = r.explored.failure.as_ref().map(|f| Counterexample {
         invariant: f.invariant.clone(),
@@ -190,6 +200,7 @@ fn row_report(r: &RowResult) -> RowReport {
         })
         .collect();
     RowReport {
+        index,
         scenario: r.name.clone(),
         design: r.label.clone(),
         summary: r.summary.clone(),
@@ -197,7 +208,7 @@ fn row_report(r: &RowResult) -> RowReport {
         verdict: r.explored.verdict(),
         passed: r.passed,
         complete,
-        search,
+        search: search.to_string(),
         incomplete_reason,
         interleavings: r.explored.executions,
         seconds: (r.seconds * 1000.0).round() / 1000.0,
@@ -210,24 +221,114 @@ fn row_report(r: &RowResult) -> RowReport {
 
 /// Writes the whole report into `dir` (its `traces/` emptied first, so no file of an earlier run
 /// is left looking current).
-pub fn write(dir: &Path, run: &RunInfo, results: &[RowResult]) -> std::io::Result<()> {
+pub fn write(dir: &Path, run: &RunInfo, rows: Vec<RowReport>) -> std::io::Result<()> {
     let traces = dir.join("traces");
     if traces.exists() {
         std::fs::remove_dir_all(&traces)?;
     }
     std::fs::create_dir_all(&traces)?;
-    let rows: Vec<RowReport> = results.iter().map(row_report).collect();
-    for (r, rep) in results.iter().zip(&rows) {
-        let (Some(f), Some(cx)) = (&r.explored.failure, &rep.counterexample) else { continue };
-        let body = format!("{} under {}: violated {}: {}\n{}", r.name, r.label, f.invariant, f.text, f.trace());
+    for r in &rows {
+        let Some(cx) = &r.counterexample else { continue };
+        let body = format!("{} under {}: violated {}: {}\n{}", r.scenario, r.design, cx.invariant, cx.text, cx.trace());
         std::fs::write(dir.join(&cx.trace_file), body)?;
-        std::fs::write(dir.join(&cx.picture_file), sequence_svg(f))?;
+        std::fs::write(dir.join(&cx.picture_file), cx.sequence_svg())?;
     }
-    let report = Report { schema: "ioregionfd-model/model-report", version: SCHEMA_VERSION, run, rows };
+    let html = index_html(run, &rows);
+    let report = Report { schema: SCHEMA.to_string(), version: SCHEMA_VERSION, run: run.clone(), rows };
     let json = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), json + "\n")?;
-    std::fs::write(dir.join("index.html"), index_html(run, results, &report.rows))?;
+    std::fs::write(dir.join("index.html"), html)?;
     Ok(())
+}
+
+/// Reads the `report.json` of `dir`.
+pub fn read(dir: &Path) -> Result<Report, String> {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let report: Report =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a model report: {e}", path.display()))?;
+    if report.schema != SCHEMA || report.version != SCHEMA_VERSION {
+        return Err(format!(
+            "{}: schema {} version {}, this harness writes {SCHEMA} version {SCHEMA_VERSION}",
+            path.display(),
+            report.schema,
+            report.version
+        ));
+    }
+    Ok(report)
+}
+
+/// Joins the reports of the shards of one run (`--shard I/N` for every I of one N, the same
+/// bound, backend, filters, knobs, crate version and revision) into the report of the whole run,
+/// rows in their unsharded order.
+pub fn merge(reports: Vec<Report>) -> Result<(RunInfo, Vec<RowReport>), String> {
+    let first = reports.first().ok_or("--merge needs the report directories of the shards")?;
+    let first =
+        Report { schema: first.schema.clone(), version: first.version, run: first.run.clone(), rows: Vec::new() };
+    let first = &first;
+    let count = |r: &Report| -> Result<(usize, usize), String> {
+        let shard = r.run.shard.as_deref().ok_or("a report that is not a shard (no `shard` in its run)")?;
+        let (i, n) = shard.split_once('/').ok_or(format!("shard `{shard}` is not I/N"))?;
+        Ok((i.parse().map_err(|_| format!("shard `{shard}`"))?, n.parse().map_err(|_| format!("shard `{shard}`"))?))
+    };
+    let n = count(first)?.1;
+    let same = |r: &Report| {
+        let (a, b) = (&r.run, &first.run);
+        (&a.crate_version, &a.git_revision, &a.loom_version, &a.backend, &a.bound, &a.filters, &a.knobs)
+            == (&b.crate_version, &b.git_revision, &b.loom_version, &b.backend, &b.bound, &b.filters, &b.knobs)
+    };
+    let mut seen = vec![false; n];
+    for r in &reports {
+        let (i, m) = count(r)?;
+        if m != n || i == 0 || i > n {
+            return Err(format!("shard {i}/{m} does not belong to a run of {n} shards"));
+        }
+        if std::mem::replace(&mut seen[i - 1], true) {
+            return Err(format!("shard {i}/{n} is given twice"));
+        }
+        if !same(r) {
+            return Err(format!(
+                "shard {i}/{n} comes from another run (bound, backend, filters, knobs or revision differ)"
+            ));
+        }
+    }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        return Err(format!("shard {}/{n} is missing: a merge of some shards is not the whole run", missing + 1));
+    }
+    let mut rows: Vec<RowReport> = reports.into_iter().flat_map(|r| r.rows).collect();
+    rows.sort_by_key(|r| r.index);
+    if rows.windows(2).any(|w| w[0].index == w[1].index) {
+        return Err("two shards report the same row".into());
+    }
+    let run = RunInfo { shard: None, merged_shards: Some(n), date: utc_now(), ..first.run.clone() };
+    Ok((run, rows))
+}
+
+impl RowReport {
+    /// Whether the verdict is the expected one.
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+
+    /// `name (label) verdict interleavings` for a merge's summary line.
+    pub fn line(&self) -> String {
+        format!("{} ({}) ... {} ({} interleavings)", self.scenario, self.design, self.verdict, self.interleavings)
+    }
+}
+
+impl Counterexample {
+    /// The trace text: one numbered line per event, then one line per blocked thread.
+    fn trace(&self) -> String {
+        let mut t = String::new();
+        for e in &self.events {
+            let vm = e.vm.map_or_else(String::new, |v| format!(" vm{v}"));
+            let _ = writeln!(t, "{} {}{vm}: {}", e.seq, e.thread, e.what);
+        }
+        for b in &self.blocked {
+            let _ = writeln!(t, "deadlock: {} waits for {}", b.thread, b.waits_for);
+        }
+        t
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -237,7 +338,7 @@ fn esc(s: &str) -> String {
 /// The message arrows of a trace, `(from event, to event)` by index: each `SEND_CMD <command>`
 /// to the next device event that reads that command, and each `device responds <value>` to the
 /// next `GET_REPLY data <value>`. Drawn from the event texts, which name the command and the value.
-fn message_arrows(events: &[Event]) -> Vec<(usize, usize)> {
+fn message_arrows(events: &[EventRecord]) -> Vec<(usize, usize)> {
     let mut arrows = Vec::new();
     let mut sent: Vec<(usize, String)> = Vec::new();
     let mut responded: Vec<(usize, String)> = Vec::new();
@@ -261,111 +362,116 @@ fn message_arrows(events: &[Event]) -> Vec<(usize, usize)> {
     arrows
 }
 
-/// The counterexample as an SVG sequence diagram.
-pub fn sequence_svg(f: &Failure) -> String {
-    let events = &f.events;
-    let mut lanes: Vec<String> = Vec::new();
-    for name in events.iter().map(|e| &e.thread).chain(f.blocked.iter().map(|(t, _)| t)) {
-        if !lanes.contains(name) {
-            lanes.push(name.clone());
+impl Counterexample {
+    /// The counterexample as an SVG sequence diagram.
+    fn sequence_svg(&self) -> String {
+        let f = self;
+        let events = &f.events;
+        let mut lanes: Vec<String> = Vec::new();
+        for name in events.iter().map(|e| &e.thread).chain(f.blocked.iter().map(|b| &b.thread)) {
+            if !lanes.contains(name) {
+                lanes.push(name.clone());
+            }
         }
-    }
-    let lane_w = 130.0;
-    let row_h = 18.0;
-    let top = 50.0;
-    let lane_x = |name: &str| 20.0 + lane_w / 2.0 + lane_w * lanes.iter().position(|l| l == name).unwrap_or(0) as f64;
-    let text_x = 20.0 + lane_w * lanes.len() as f64 + 10.0;
-    let rows = events.len() + f.blocked.len();
-    let height = top + row_h * (rows as f64 + 1.0) + 10.0;
-    let longest = events.iter().map(|e| e.what.len() + 12).chain(f.blocked.iter().map(|(_, w)| w.len() + 30)).max();
-    let width = text_x + 6.6 * longest.unwrap_or(40) as f64 + 20.0;
-    let y_of = |i: usize| top + row_h * (i as f64 + 1.0);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" class="sequence" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="monospace" font-size="11">"#
-    );
-    let _ = writeln!(
-        s,
-        r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#2458a6"/></marker></defs>"##
-    );
-    let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
-    for name in &lanes {
-        let x = lane_x(name);
+        let lane_w = 130.0;
+        let row_h = 18.0;
+        let top = 50.0;
+        let lane_x =
+            |name: &str| 20.0 + lane_w / 2.0 + lane_w * lanes.iter().position(|l| l == name).unwrap_or(0) as f64;
+        let text_x = 20.0 + lane_w * lanes.len() as f64 + 10.0;
+        let rows = events.len() + f.blocked.len();
+        let height = top + row_h * (rows as f64 + 1.0) + 10.0;
+        let longest =
+            events.iter().map(|e| e.what.len() + 12).chain(f.blocked.iter().map(|b| b.waits_for.len() + 30)).max();
+        let width = text_x + 6.6 * longest.unwrap_or(40) as f64 + 20.0;
+        let y_of = |i: usize| top + row_h * (i as f64 + 1.0);
+        let mut s = String::new();
         let _ = writeln!(
             s,
-            r##"<rect x="{:.0}" y="10" width="{:.0}" height="24" rx="4" fill="#eef2f7" stroke="#7a8ca5"/><text x="{x:.0}" y="26" text-anchor="middle" font-weight="bold">{}</text>"##,
-            x - lane_w / 2.0 + 6.0,
-            lane_w - 12.0,
-            esc(name)
+            r#"<svg xmlns="http://www.w3.org/2000/svg" class="sequence" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="monospace" font-size="11">"#
         );
         let _ = writeln!(
             s,
-            r##"<line x1="{x:.0}" y1="34" x2="{x:.0}" y2="{:.0}" stroke="#b8c2d0" stroke-dasharray="4 3"/>"##,
-            height - 8.0
+            r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#2458a6"/></marker></defs>"##
         );
-    }
-    for (i, e) in events.iter().enumerate() {
-        let y = y_of(i);
-        let bad = Some(e.seq) == f.violating_event || e.what.starts_with("VIOLATION");
-        let decisive = Some(e.seq) == f.violating_event;
-        if decisive {
+        let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
+        for name in &lanes {
+            let x = lane_x(name);
             let _ = writeln!(
                 s,
-                r##"<rect class="violating" x="4" y="{:.1}" width="{:.0}" height="{row_h:.0}" fill="#fde2e2"/>"##,
-                y - row_h + 5.0,
-                width - 8.0
+                r##"<rect x="{:.0}" y="10" width="{:.0}" height="24" rx="4" fill="#eef2f7" stroke="#7a8ca5"/><text x="{x:.0}" y="26" text-anchor="middle" font-weight="bold">{}</text>"##,
+                x - lane_w / 2.0 + 6.0,
+                lane_w - 12.0,
+                esc(name)
+            );
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.0}" y1="34" x2="{x:.0}" y2="{:.0}" stroke="#b8c2d0" stroke-dasharray="4 3"/>"##,
+                height - 8.0
             );
         }
-        let x = lane_x(&e.thread);
-        let colour = if bad { "#c62828" } else { "#37474f" };
-        let _ = writeln!(s, r##"<circle cx="{x:.0}" cy="{:.1}" r="4" fill="{colour}"/>"##, y - 4.0);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.0}" y1="{y0:.1}" x2="{text_x:.0}" y2="{y0:.1}" stroke="#eceff1"/>"##,
-            y0 = y - 4.0
-        );
-        let weight = if bad { r#" font-weight="bold""# } else { "" };
-        let vm = e.vm.map_or_else(String::new, |v| format!(" vm{v}"));
-        let _ = writeln!(
-            s,
-            r#"<text x="{text_x:.0}" y="{y:.1}" fill="{colour}"{weight}>{} {}{}: {}</text>"#,
-            e.seq,
-            esc(&e.thread),
-            vm,
-            esc(&e.what)
-        );
-    }
-    for (from, to) in message_arrows(events) {
-        let (a, b) = (&events[from], &events[to]);
-        let (x1, x2) = (lane_x(&a.thread), lane_x(&b.thread));
-        if (x1 - x2).abs() < 1.0 {
-            continue;
+        for (i, e) in events.iter().enumerate() {
+            let y = y_of(i);
+            let bad = Some(e.seq) == f.violating_event || e.kind == "violation";
+            let decisive = Some(e.seq) == f.violating_event;
+            if decisive {
+                let _ = writeln!(
+                    s,
+                    r##"<rect class="violating" x="4" y="{:.1}" width="{:.0}" height="{row_h:.0}" fill="#fde2e2"/>"##,
+                    y - row_h + 5.0,
+                    width - 8.0
+                );
+            }
+            let x = lane_x(&e.thread);
+            let colour = if bad { "#c62828" } else { "#37474f" };
+            let _ = writeln!(s, r##"<circle cx="{x:.0}" cy="{:.1}" r="4" fill="{colour}"/>"##, y - 4.0);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.0}" y1="{y0:.1}" x2="{text_x:.0}" y2="{y0:.1}" stroke="#eceff1"/>"##,
+                y0 = y - 4.0
+            );
+            let weight = if bad { r#" font-weight="bold""# } else { "" };
+            let vm = e.vm.map_or_else(String::new, |v| format!(" vm{v}"));
+            let _ = writeln!(
+                s,
+                r#"<text x="{text_x:.0}" y="{y:.1}" fill="{colour}"{weight}>{} {}{}: {}</text>"#,
+                e.seq,
+                esc(&e.thread),
+                vm,
+                esc(&e.what)
+            );
         }
-        let _ = writeln!(
-            s,
-            r##"<line class="message" x1="{x1:.0}" y1="{:.1}" x2="{x2:.0}" y2="{:.1}" stroke="#2458a6" stroke-width="1.5" marker-end="url(#arrow)"/>"##,
-            y_of(from) - 4.0,
-            y_of(to) - 4.0
-        );
+        for (from, to) in message_arrows(events) {
+            let (a, b) = (&events[from], &events[to]);
+            let (x1, x2) = (lane_x(&a.thread), lane_x(&b.thread));
+            if (x1 - x2).abs() < 1.0 {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                r##"<line class="message" x1="{x1:.0}" y1="{:.1}" x2="{x2:.0}" y2="{:.1}" stroke="#2458a6" stroke-width="1.5" marker-end="url(#arrow)"/>"##,
+                y_of(from) - 4.0,
+                y_of(to) - 4.0
+            );
+        }
+        for (k, Blocked { thread, waits_for: what }) in f.blocked.iter().enumerate() {
+            let y = y_of(events.len() + k);
+            let x = lane_x(thread);
+            let _ = writeln!(
+                s,
+                r##"<rect x="{:.0}" y="{:.1}" width="10" height="10" fill="#c62828"/><text x="{text_x:.0}" y="{y:.1}" fill="#c62828" font-weight="bold">deadlock: {} waits for {}</text>"##,
+                x - 5.0,
+                y - 9.0,
+                esc(thread),
+                esc(what)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
     }
-    for (k, (thread, what)) in f.blocked.iter().enumerate() {
-        let y = y_of(events.len() + k);
-        let x = lane_x(thread);
-        let _ = writeln!(
-            s,
-            r##"<rect x="{:.0}" y="{:.1}" width="10" height="10" fill="#c62828"/><text x="{text_x:.0}" y="{y:.1}" fill="#c62828" font-weight="bold">deadlock: {} waits for {}</text>"##,
-            x - 5.0,
-            y - 9.0,
-            esc(thread),
-            esc(what)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }
 
-fn index_html(run: &RunInfo, results: &[RowResult], rows: &[RowReport]) -> String {
+fn index_html(run: &RunInfo, rows: &[RowReport]) -> String {
     let mut h = String::new();
     let failed = rows.iter().filter(|r| !r.passed).count();
     let _ = write!(
@@ -422,7 +528,7 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
         );
     }
     h.push_str("</tbody></table>\n");
-    for (i, (r, res)) in rows.iter().zip(results).enumerate() {
+    for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             h,
             r#"<section class="row" id="row-{i}"><h2>{} under {}: {}</h2><p>{}</p><p>expected <b>{}</b>, verdict <b>{}</b> ({} interleavings, {:.2} s, search {}). Replay: <code>{}</code></p>"#,
@@ -434,7 +540,7 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
             esc(&r.verdict),
             r.interleavings,
             r.seconds,
-            esc(r.search),
+            esc(&r.search),
             esc(&r.replay)
         );
         if !r.invariants.is_empty() {
@@ -444,15 +550,15 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
             }
             h.push_str("</ul>\n");
         }
-        if let (Some(cx), Some(f)) = (&r.counterexample, &res.explored.failure) {
+        if let Some(cx) = &r.counterexample {
             let _ = writeln!(
                 h,
                 r#"<h3>Counterexample: {} violated</h3><p>{}</p><div class="picture">{}</div><details><summary>trace ({} events)</summary><pre>{}</pre></details>"#,
                 esc(&cx.invariant),
                 esc(&cx.text),
-                sequence_svg(f),
+                cx.sequence_svg(),
                 cx.events.len(),
-                esc(&f.trace())
+                esc(&cx.trace())
             );
         }
         if !r.end_states.is_empty() {
