@@ -83,6 +83,8 @@ pub struct RowReport {
     incomplete_reason: Option<String>,
     interleavings: usize,
     pub seconds: f64,
+    /// `interleavings / seconds` on the one core that checked the row (null under 10 ms).
+    pub interleavings_per_second: Option<f64>,
     /// The invariants the row's verdict and expectation name, with their statements.
     invariants: Vec<InvariantRef>,
     counterexample: Option<Counterexample>,
@@ -212,6 +214,7 @@ pub fn row_report(r: &RowResult, index: usize) -> RowReport {
         incomplete_reason,
         interleavings: r.explored.executions,
         seconds: (r.seconds * 1000.0).round() / 1000.0,
+        interleavings_per_second: (r.seconds >= 0.01).then(|| (r.explored.executions as f64 / r.seconds).round()),
         invariants: invariants_of(r),
         counterexample,
         end_states,
@@ -492,7 +495,7 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
 <h1>ioregionfd-model: model report</h1>
 <p id="run">ioregionfd-model {} · revision {} · loom {} · backend {} · preemption bound {} · filters {} · knobs {} · {}</p>
 <p id="summary">{} rows, {} passed, {} failed. A row passes when its verdict is the expected one; an incomplete search is never reported as <code>holds</code>.</p>
-<table class="rows"><thead><tr><th>scenario</th><th>design</th><th>expected</th><th>verdict</th><th>search</th><th>bound</th><th class="num">interleavings</th><th class="num">seconds</th><th>summary</th></tr></thead><tbody>
+<table class="rows"><thead><tr><th>scenario</th><th>design</th><th>expected</th><th>verdict</th><th>search</th><th>bound</th><th class="num">interleavings</th><th class="num">seconds</th><th class="num">per second</th><th>summary</th></tr></thead><tbody>
 "#,
         esc(&run.crate_version),
         esc(run.git_revision.as_deref().unwrap_or("(not a git work tree)")),
@@ -515,7 +518,7 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
         };
         let _ = writeln!(
             h,
-            r##"<tr class="{class}"><td><a href="#row-{i}">{}</a></td><td>{}</td><td>{}</td><td class="{vclass}">{}</td><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{:.2}</td><td>{}</td></tr>"##,
+            r##"<tr class="{class}"><td><a href="#row-{i}">{}</a></td><td>{}</td><td>{}</td><td class="{vclass}">{}</td><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{:.2}</td><td class="num">{}</td><td>{}</td></tr>"##,
             esc(&r.scenario),
             esc(&r.design),
             esc(&r.expected),
@@ -524,6 +527,7 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
             esc(&run.bound),
             r.interleavings,
             r.seconds,
+            r.interleavings_per_second.map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
             esc(&r.summary)
         );
     }
