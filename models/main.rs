@@ -11,7 +11,8 @@
 //!
 //! Each row is one libtest trial named `SCENARIO::DESIGN` (libtest-mimic), so the usual test
 //! runner flags work: `--list` (with `--format terse`, what cargo-nextest asks), `--exact NAME`,
-//! `--test-threads N` (rows checked at once; each on its own OS thread), `--skip`, `--ignored`.
+//! `--test-threads N` (rows checked at once, each on its own OS thread; default 1 here, see
+//! `options`), `--skip`, `--ignored`.
 //! A FILTER without `--exact` keeps this harness's meaning (below). After the trials the harness
 //! prints the table, the counterexamples and, for a few rows, their end states, and writes the
 //! report (`report.rs`).
@@ -51,7 +52,8 @@ const USAGE: &str =
   --generated      the generated scenarios (proposed, expected to hold) instead of the catalogue
   --sample N       with --generated: N of them, evenly spaced (a fixed sample)
   --iterations N   shuttle: schedules per scheduler (default 1000, or SHUTTLE_ITERATIONS)
-  --jobs N         rows checked at once, one OS thread each (default: the number of cores)
+  --jobs N         rows checked at once, one OS thread each (default 1: threads of one process slow
+                   each other down here; run shards as separate processes instead, docs/cluster.md)
   --shard I/N      only every Nth of the chosen rows, starting with the Ith (a cluster runs the N shards)
   --report-dir D   write the report to D (default $CARGO_TARGET_DIR/model-report)
   --merge D        join the reports of all N shards (repeat per directory) into one, in the rows' order
@@ -182,6 +184,12 @@ fn options() -> Result<Options, String> {
     if o.exact {
         // `--exact NAME`: libtest's own matching on the trial name (what cargo-nextest runs).
         o.libtest.append(&mut o.filters);
+    }
+    // One row at a time unless asked: loom maps and unmaps a stack per model thread and execution,
+    // and in one process every unmap makes the other cores flush their TLBs (docs/performance.md:
+    // two threads took 42 s for the bound-2 catalogue, one thread 37 s, two shard processes 29 s).
+    if !o.libtest.iter().any(|a| a == "--test-threads") {
+        o.libtest.extend(["--test-threads".to_string(), "1".to_string()]);
     }
     Ok(o)
 }
