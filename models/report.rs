@@ -7,7 +7,7 @@
 //! the vCPU's `SEND_CMD` to the device that reads it, a response from the device to the vCPU's
 //! `GET_REPLY`); the violating event in red; at a deadlock, what every blocked thread waits for.
 
-use ioregionfd_model::scenario::check::{Completeness, Explored};
+use ioregionfd_model::scenario::check::{Completeness, Explored, safe_file_name};
 use ioregionfd_model::trace::Event;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -133,11 +133,6 @@ struct EndState {
     state: String,
     verdict: String,
     executions: usize,
-}
-
-/// A file name any file system and artifact uploader takes: letters, digits, `.`, `-`, `_`.
-pub fn safe_file_name(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
 }
 
 fn search_of(c: &Completeness) -> (&'static str, bool, Option<String>) {

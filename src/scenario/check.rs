@@ -507,6 +507,12 @@ mod capture {
     }
 }
 
+/// A file name any file system and artifact uploader takes: letters, digits, `.`, `-`, `_`, and
+/// `_` for anything else (a row's trace, picture and checkpoint files).
+pub fn safe_file_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
+}
+
 /// Explores every interleaving of `row` up to the preemption bound (loom), stopping at the first
 /// failing execution or at a limit.
 #[cfg(loom)]
@@ -520,10 +526,7 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
     builder.max_permutations = None;
     // LOOM_CHECKPOINT_FILE=PATH: each row its own file, PATH.SCENARIO.DESIGN.json.
     builder.checkpoint_file = std::env::var_os("LOOM_CHECKPOINT_FILE").map(|p| {
-        let row_part: String = format!("{}.{}", row.name, row.label)
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
-            .collect();
+        let row_part = safe_file_name(&format!("{}.{}", row.name, row.label));
         std::path::PathBuf::from(format!("{}.{row_part}.json", p.to_string_lossy()))
     });
     let resumed = builder.checkpoint_file.as_ref().filter(|p| p.exists()).map(|p| p.display().to_string());
