@@ -32,6 +32,8 @@
 
 mod bus;
 mod report;
+#[cfg(all(loom, target_os = "linux"))]
+mod stack_pool;
 
 use ioregionfd_model::scenario::check::{Completeness, Explored, Limits, explore};
 use ioregionfd_model::scenario::{Expected, Row, Scenario};
@@ -457,6 +459,13 @@ fn summarize(o: &Options, results: &[(usize, RowResult)]) {
             println!("\nreport: {0}/report.json, {0}/index.html (traces and pictures in {0}/traces/)", dir.display())
         }
         Err(e) => eprintln!("models: cannot write the report: {e}"),
+    }
+    #[cfg(all(loom, target_os = "linux"))]
+    {
+        let (reused, mapped) = stack_pool::counts();
+        if mapped > 0 {
+            println!("loom coroutine stacks: {mapped} mapped, {reused} reused (models/stack_pool.rs)");
+        }
     }
     let failed = rows.iter().filter(|r| !r.passed).count();
     println!("{} passed, {} failed", rows.len() - failed, failed);
