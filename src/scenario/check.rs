@@ -411,7 +411,7 @@ mod capture {
 
     /// One execution of `row` as the checker runs it: counted, limits enforced before it starts
     /// (so a stop means an execution was left unexplored), and a failure stops the checker.
-    pub fn body(row: &Row, limits: &Limits, start: Instant) -> impl Fn() + Send + Sync + 'static {
+    pub fn body(row: &Row, limits: &Limits, start: Instant, record: Record) -> impl Fn() + Send + Sync + 'static {
         let row = row.clone();
         let (max_executions, max_duration) = (limits.max_executions, limits.max_duration);
         move || {
@@ -420,6 +420,21 @@ mod capture {
                 s.executions += 1;
                 s.executions - 1
             });
+            crate::trace::record_events(match record {
+                Record::Every => true,
+                Record::None => false,
+                Record::Only(k) => n == k,
+            });
+            if let Record::Only(k) = record
+                && n > k
+            {
+                SEEN.with(|s| {
+                    let mut s = s.borrow_mut();
+                    s.executions -= 1;
+                    s.cut.get_or_insert(format!("execution {} did not fail again", k + 1));
+                });
+                std::panic::panic_any(LIMIT);
+            }
             let cut = match (max_executions, max_duration) {
                 (Some(m), _) if n >= m => Some(format!("stopped after {m} executions (LOOM_MAX_PERMUTATIONS)")),
                 (_, Some(d)) if start.elapsed() >= d => {
@@ -449,6 +464,18 @@ mod capture {
         }
     }
 
+    /// Which executions of a search record their events (`trace::record_events`).
+    #[derive(Clone, Copy, Debug)]
+    pub enum Record {
+        /// All of them.
+        Every,
+        /// None (a first pass: only the failing execution's trace is wanted, and which one
+        /// fails is not known yet).
+        None,
+        /// Only the execution with this index (from 0); the search stops after it.
+        Only(usize),
+    }
+
     /// A deadlock as a `liveness` failure: the violations recorded before it, then one line per
     /// blocked thread saying what it waits for (and, for a context, who holds it).
     fn deadlock_failure(blocked: &[(String, String)]) -> Failure {
@@ -470,7 +497,8 @@ mod capture {
         pub failure: Option<Failure>,
         pub executions: usize,
         pub cut: Option<String>,
-        pub end_states: Vec<(String, usize)>,
+        /// The end states of the executions that did not deadlock.
+        pub end_states: super::EndStates,
     }
 
     /// Runs `check` (which runs the checker over [`body`]) on this OS thread and reports what it
@@ -481,6 +509,7 @@ mod capture {
         CHECKING.with(|c| c.set(true));
         let result = catch_unwind(AssertUnwindSafe(check));
         CHECKING.with(|c| c.set(false));
+        crate::trace::record_events(true);
         let seen = SEEN.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let mut cut = seen.cut;
         let failure = match result {
@@ -499,11 +528,18 @@ mod capture {
                     .or_else(|| Some(Failure::bare("panic", msg)))
             }),
         };
-        let mut end_states = seen.end_states;
-        if let Some(f) = failure.as_ref().filter(|f| f.invariant == "liveness" && !f.blocked.is_empty()) {
-            end_states.add("(no end: every thread is blocked)", &f.invariant);
+        Checked { failure, executions: seen.executions, cut, end_states: seen.end_states }
+    }
+
+    impl Checked {
+        /// The distinct end states, a deadlock of the failing execution among them.
+        pub fn end_states(self) -> (Option<Failure>, usize, Vec<(String, usize)>) {
+            let mut end_states = self.end_states;
+            if let Some(f) = self.failure.as_ref().filter(|f| f.invariant == "liveness" && !f.blocked.is_empty()) {
+                end_states.add("(no end: every thread is blocked)", &f.invariant);
+            }
+            (self.failure, self.executions, end_states.into_sorted())
         }
-        Checked { failure, executions: seen.executions, cut, end_states: end_states.into_sorted() }
     }
 }
 
@@ -531,15 +567,44 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
     });
     let resumed = builder.checkpoint_file.as_ref().filter(|p| p.exists()).map(|p| p.display().to_string());
     let start = std::time::Instant::now();
-    let checked = capture::run_checked(|| builder.check(capture::body(row, limits, start)));
-    let completeness = match (checked.cut, resumed) {
+    // Two passes: the search with no events recorded, and, if an execution failed, the same
+    // search again (loom's order is deterministic) recording only that execution, whose trace is
+    // the counterexample. With a checkpoint file the executions of an earlier run are not
+    // counted, so there the events of every execution are recorded, in one pass.
+    let two_pass = builder.checkpoint_file.is_none();
+    let first = if two_pass { capture::Record::None } else { capture::Record::Every };
+    let mut checked = capture::run_checked(|| builder.check(capture::body(row, limits, start, first)));
+    if two_pass && let Some(failed) = checked.failure.as_ref() {
+        let failing = checked.executions - 1;
+        let mut again = loom::model::Builder::new();
+        again.preemption_bound = builder.preemption_bound;
+        again.max_branches = builder.max_branches;
+        again.max_duration = None;
+        again.max_permutations = None;
+        let unlimited = Limits { max_duration: None, max_executions: None, ..limits.clone() };
+        let replay =
+            capture::run_checked(|| again.check(capture::body(row, &unlimited, start, capture::Record::Only(failing))));
+        checked.failure = Some(match replay.failure {
+            Some(f) if f.invariant == failed.invariant && replay.executions == checked.executions => f,
+            _ => {
+                let mut f = failed.clone();
+                f.text.push_str(&format!(
+                    " (no trace: a second search, meant to record execution {} again, did not fail the same way there)",
+                    failing + 1
+                ));
+                f
+            }
+        });
+    }
+    let completeness = match (checked.cut.clone(), resumed) {
         (Some(why), _) => Completeness::Incomplete(why),
         (None, Some(file)) if checked.failure.is_none() => Completeness::Incomplete(format!(
             "resumed from the checkpoint {file}: the executions before it were explored by an earlier run"
         )),
         (None, _) => Completeness::Complete,
     };
-    Explored { failure: checked.failure, executions: checked.executions, completeness, end_states: checked.end_states }
+    let (failure, executions, end_states) = checked.end_states();
+    Explored { failure, executions, completeness, end_states }
 }
 
 /// The shuttle explorer: PCT schedules (depth = the preemption bound + 1), then random ones, each
@@ -559,16 +624,25 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
     };
     let start = std::time::Instant::now();
     let checked = capture::run_checked(|| {
-        Runner::new(PctScheduler::new_from_seed(SEED, depth, limits.iterations), config())
-            .run(capture::body(row, limits, start));
-        Runner::new(RandomScheduler::new_from_seed(SEED, limits.iterations), config())
-            .run(capture::body(row, limits, start));
+        Runner::new(PctScheduler::new_from_seed(SEED, depth, limits.iterations), config()).run(capture::body(
+            row,
+            limits,
+            start,
+            capture::Record::Every,
+        ));
+        Runner::new(RandomScheduler::new_from_seed(SEED, limits.iterations), config()).run(capture::body(
+            row,
+            limits,
+            start,
+            capture::Record::Every,
+        ));
     });
-    let completeness = match checked.cut {
+    let completeness = match checked.cut.clone() {
         Some(why) => Completeness::Incomplete(why),
         None => Completeness::Sampled,
     };
-    Explored { failure: checked.failure, executions: checked.executions, completeness, end_states: checked.end_states }
+    let (failure, executions, end_states) = checked.end_states();
+    Explored { failure, executions, completeness, end_states }
 }
 
 /// Without a checker: one execution on real threads, reported as `liveness` when it does not

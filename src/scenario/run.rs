@@ -26,7 +26,7 @@ use crate::uapi::{
 use crate::vcpu::Vcpu;
 use crate::vm::{AccessCtx, AccessOutcome};
 use crate::wire::{Direction, MESSAGE_SIZE, Response};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// vCPU ids of the sequential vCPUs that make setup accesses (apart from every thread's vCPU).
 const SETUP_VCPU_BASE: usize = 100;
@@ -66,8 +66,8 @@ struct Exec {
     kvm: Arc<Kvm>,
     design: Design,
     scenario: Arc<Scenario>,
-    channels: HashMap<String, ChannelFds>,
-    vcpus: HashMap<String, Arc<Vcpu>>,
+    channels: BTreeMap<String, ChannelFds>,
+    vcpus: BTreeMap<String, Arc<Vcpu>>,
     /// The vCPU threads out of KVM_RUN for good (finished or parked): modelled (the VMM waits
     /// for the last vCPU fd to close before KVM destroys a VM).
     out_of_run: Mutex<Vec<String>>,
@@ -91,8 +91,8 @@ struct Exec {
 pub(super) fn execute(scenario: &Arc<Scenario>, knobs: Knobs) -> Result<(), Failure> {
     let kvm = Arc::new(Kvm::with_knobs(knobs, Recorder::new()));
     let design = knobs.design;
-    let mut channels = HashMap::new();
-    let mut device_files: HashMap<String, Vec<Arc<File>>> = HashMap::new();
+    let mut channels = BTreeMap::new();
+    let mut device_files: BTreeMap<String, Vec<Arc<File>>> = BTreeMap::new();
     let mut last = String::new();
     let mut setup_vcpus = 0;
     for line in scenario.setup.iter().filter(|l| runs_under(l, design)) {
@@ -131,7 +131,7 @@ pub(super) fn execute(scenario: &Arc<Scenario>, knobs: Knobs) -> Result<(), Fail
             f.put(kvm.recorder());
         }
     }
-    let vcpus: HashMap<String, Arc<Vcpu>> = scenario
+    let vcpus: BTreeMap<String, Arc<Vcpu>> = scenario
         .threads
         .iter()
         .filter_map(|t| match t.role {
@@ -219,7 +219,7 @@ fn setup_failure(kvm: &Kvm, line: &Line, text: String) -> Failure {
 }
 
 /// The file behind a device's `cmd` or `resp` end, with the device's own reference.
-fn device_file(kvm: &Kvm, channels: &HashMap<String, ChannelFds>, fd: &FdRef, cmd: bool) -> Result<Arc<File>, String> {
+fn device_file(kvm: &Kvm, channels: &BTreeMap<String, ChannelFds>, fd: &FdRef, cmd: bool) -> Result<Arc<File>, String> {
     let n = match fd {
         FdRef::Num(n) => *n,
         FdRef::Device(name) => {
@@ -235,7 +235,7 @@ fn device_file(kvm: &Kvm, channels: &HashMap<String, ChannelFds>, fd: &FdRef, cm
 }
 
 /// The fds an [`FdRef`] names.
-fn fds_of(channels: &HashMap<String, ChannelFds>, fd: &FdRef) -> Vec<i32> {
+fn fds_of(channels: &BTreeMap<String, ChannelFds>, fd: &FdRef) -> Vec<i32> {
     match fd {
         FdRef::Num(n) => vec![*n],
         FdRef::Kernel(name) => channels.get(name).map(ChannelFds::kernel).unwrap_or_default(),
@@ -272,7 +272,7 @@ fn open_channel(kvm: &Kvm, kind: TransportKind, buf: Option<usize>) -> Result<Ch
 
 /// KVM_SET_IOREGION in the design's form (seed: one fd; else read and write fds) for a
 /// `region` line.
-fn register(kvm: &Kvm, channels: &HashMap<String, ChannelFds>, region: &Step) -> String {
+fn register(kvm: &Kvm, channels: &BTreeMap<String, ChannelFds>, region: &Step) -> String {
     let Step::Region { vm, bus, addr, size, channel, user_data, posted } = region else {
         return "err EINVAL".into();
     };
@@ -324,8 +324,8 @@ fn allowed(alternatives: &[String], got: &str) -> bool {
 fn setup_line(
     kvm: &Kvm,
     line: &Line,
-    channels: &mut HashMap<String, ChannelFds>,
-    device_files: &mut HashMap<String, Vec<Arc<File>>>,
+    channels: &mut BTreeMap<String, ChannelFds>,
+    device_files: &mut BTreeMap<String, Vec<Arc<File>>>,
     setup_vcpus: &mut usize,
     last: &str,
 ) -> Result<String, String> {
