@@ -11,8 +11,8 @@
 //!
 //! Each row is one libtest trial named `SCENARIO::DESIGN` (libtest-mimic), so the usual test
 //! runner flags work: `--list` (with `--format terse`, what cargo-nextest asks), `--exact NAME`,
-//! `--test-threads N` (rows checked at once, each on its own OS thread; default 1 here, see
-//! `options`), `--skip`, `--ignored`.
+//! `--test-threads N` (rows checked at once, each on its own OS thread; default here: the number
+//! of cores, see `options`), `--skip`, `--ignored`.
 //! A FILTER without `--exact` keeps this harness's meaning (below). After the trials the harness
 //! prints the table, the counterexamples and, for a few rows, their end states, and writes the
 //! report (`report.rs`).
@@ -54,8 +54,7 @@ const USAGE: &str =
   --generated      the generated scenarios (proposed, expected to hold) instead of the catalogue
   --sample N       with --generated: N of them, evenly spaced (a fixed sample)
   --iterations N   shuttle: schedules per scheduler (default 1000, or SHUTTLE_ITERATIONS)
-  --jobs N         rows checked at once, one OS thread each (default 1: threads of one process slow
-                   each other down here; run shards as separate processes instead, docs/cluster.md)
+  --jobs N         rows checked at once, one OS thread each (default: the number of cores)
   --shard I/N      only every Nth of the chosen rows, starting with the Ith (a cluster runs the N shards)
   --report-dir D   write the report to D (default $CARGO_TARGET_DIR/model-report)
   --merge D        join the reports of all N shards (repeat per directory) into one, in the rows' order
@@ -187,11 +186,13 @@ fn options() -> Result<Options, String> {
         // `--exact NAME`: libtest's own matching on the trial name (what cargo-nextest runs).
         o.libtest.append(&mut o.filters);
     }
-    // One row at a time unless asked: loom maps and unmaps a stack per model thread and execution,
-    // and in one process every unmap makes the other cores flush their TLBs (docs/performance.md:
-    // two threads took 42 s for the bound-2 catalogue, one thread 37 s, two shard processes 29 s).
-    if !o.libtest.iter().any(|a| a == "--test-threads") {
-        o.libtest.extend(["--test-threads".to_string(), "1".to_string()]);
+    // A checker uses every core unless asked: one row per core at a time, each on its own OS
+    // thread, the next row going to the first thread that is free. (Threads scale since loom's
+    // coroutine stacks are kept, `stack_pool.rs`: before, every unmap made the other cores flush
+    // their TLBs and two threads were slower than one; docs/performance.md.)
+    if cfg!(any(loom, feature = "shuttle")) && !o.libtest.iter().any(|a| a == "--test-threads") {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        o.libtest.extend(["--test-threads".to_string(), cores.to_string()]);
     }
     Ok(o)
 }

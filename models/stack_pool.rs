@@ -27,7 +27,7 @@
 use libc::{c_int, c_long, c_void, off_t, size_t};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
-const SLOTS: usize = 64;
+const SLOTS: usize = 256;
 
 /// One remembered stack. `addr` is 0 for an empty slot.
 #[derive(Clone, Copy)]
@@ -41,7 +41,7 @@ struct Slot {
 
 const EMPTY: Slot = Slot { addr: 0, len: 0, in_use: false, guard_len: 0 };
 
-/// The table, behind a spin lock: held for a scan of 64 entries, never across a system call,
+/// The table, behind a spin lock: held for a scan of the table, never across a system call,
 /// and never by code that could call back into these functions.
 struct Table {
     lock: AtomicBool,
