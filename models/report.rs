@@ -472,6 +472,8 @@ impl Counterexample {
 fn index_html(run: &RunInfo, rows: &[RowReport]) -> String {
     let mut h = String::new();
     let failed = rows.iter().filter(|r| !r.passed).count();
+    let interleavings: usize = rows.iter().map(|r| r.interleavings).sum();
+    let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
     let _ = write!(
         h,
         r#"<!DOCTYPE html>
@@ -489,7 +491,7 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
 </style></head><body>
 <h1>ioregionfd-model: model report</h1>
 <p id="run">ioregionfd-model {} · revision {} · loom {} · backend {} · preemption bound {} · filters {} · knobs {} · {}</p>
-<p id="summary">{} rows, {} passed, {} failed. A row passes when its verdict is the expected one; an incomplete search is never reported as <code>holds</code>.</p>
+<p id="summary">{} rows, {} passed, {} failed; {} interleavings in {:.1} s of checking, {:.0} per second per core. A row passes when its verdict is the expected one; an incomplete search is never reported as <code>holds</code>.</p>
 <table class="rows"><thead><tr><th>scenario</th><th>design</th><th>expected</th><th>verdict</th><th>search</th><th>bound</th><th class="num">interleavings</th><th class="num">seconds</th><th class="num">per second</th><th>summary</th></tr></thead><tbody>
 "#,
         esc(&run.crate_version),
@@ -502,7 +504,10 @@ pre {{ background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: 12px; }}
         esc(&run.date),
         rows.len(),
         rows.len() - failed,
-        failed
+        failed,
+        interleavings,
+        seconds,
+        if seconds > 0.0 { interleavings as f64 / seconds } else { 0.0 }
     );
     for (i, r) in rows.iter().enumerate() {
         let class = if r.passed { "row" } else { "row mismatch" };
