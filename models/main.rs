@@ -29,6 +29,11 @@
 //! `loom::model` installs, around each row) and `LOOM_CHECKPOINT_FILE` (one file per row:
 //! `PATH.SCENARIO.DESIGN.json`; a row resumed from its file is reported incomplete, as the
 //! executions before the checkpoint were explored by an earlier run).
+//!
+//! Speed (docs/performance.md): loom's coroutine stacks are kept from one execution to the next
+//! (`stack_pool.rs`; `IOREGIONFD_STACK_POOL=0` turns that off), a search records no events until
+//! an execution fails and is then run again to record that one (`scenario::check::explore`), and
+//! rows are checked one per core at a time.
 
 mod bus;
 mod report;
