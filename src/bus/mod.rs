@@ -673,9 +673,11 @@ impl IoBus {
         len: i32,
         mut op: impl FnMut(&Arc<dyn KvmIoDevice>) -> Result<(), Errno>,
     ) -> Result<Arc<dyn KvmIoDevice>, Errno> {
-        let what = format_args!("{} bus array of vm{}", self.kind, self.vm).to_string();
         let Some(mut idx) = bus.get_first_dev(addr, len) else { return Err(Errno::EOPNOTSUPP) };
-        while bus.life.check_use(ctx.rec, &what) && idx < bus.dev_count as usize && bus.key_cmp((addr, len), idx) == 0 {
+        while bus.life.check_use(ctx.rec, format_args!("{} bus array of vm{}", self.kind, self.vm))
+            && idx < bus.dev_count as usize
+            && bus.key_cmp((addr, len), idx) == 0
+        {
             let dev = &bus.ranges[idx].dev;
             if dev.lifetime().check_use(ctx.rec, format_args!("{dev:?}")) {
                 match op(dev) {
