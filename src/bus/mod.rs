@@ -280,9 +280,11 @@ pub struct BusArray {
     /// The entries' comparison keys, contiguous for the lookup (same order as `ranges`).
     keys: Vec<CmpKey>,
     /// The answers of [`get_first_dev_probed`](Self::get_first_dev_probed) for the access
-    /// lengths in [`TABLED_LENS`], as interval tables built with the array when it has
-    /// [`TABLE_MIN_DEVS`] entries or more.
-    answers: Option<Box<[AnswerTable; TABLED_LENS.len()]>>,
+    /// lengths in [`TABLED_LENS`], as interval tables, on an array of [`TABLE_MIN_DEVS`] entries
+    /// or more; each built at the first lookup of its length (an array replaced before any
+    /// access of a length builds nothing for it). Plain `std` cells on every backend: a table is
+    /// a cache of a function of the immutable entries, not modelled kernel state.
+    answers: Option<Box<[std::sync::OnceLock<AnswerTable>; TABLED_LENS.len()]>>,
     /// `ioeventfd_count`.
     ioeventfd_count: AtomicI32,
     /// `range[]`, sorted per [`kvm_io_bus_cmp`].
@@ -309,8 +311,7 @@ impl fmt::Debug for BusArray {
 impl BusArray {
     fn new(ranges: Vec<IoRange>, ioeventfd_count: i32) -> Self {
         let keys: Vec<CmpKey> = ranges.iter().map(|r| CmpKey::new(r.addr, r.len)).collect();
-        let answers =
-            (keys.len() >= TABLE_MIN_DEVS).then(|| Box::new(TABLED_LENS.map(|len| AnswerTable::build(&keys, len))));
+        let answers = (keys.len() >= TABLE_MIN_DEVS).then(|| Box::new(TABLED_LENS.map(|_| std::sync::OnceLock::new())));
         BusArray {
             dev_count: ranges.len() as i32,
             keys,
@@ -357,9 +358,10 @@ impl BusArray {
     ///
     /// For the lengths guests use ([`TABLED_LENS`]), on an array of [`TABLE_MIN_DEVS`] entries or
     /// more, the answer comes from a table of what
-    /// [`get_first_dev_probed`](Self::get_first_dev_probed) answers, built once when the array is
-    /// (arrays never change after publication): the same answer for every address, found
-    /// through a bucket index and a short search. Other lengths and smaller arrays run the probes.
+    /// [`get_first_dev_probed`](Self::get_first_dev_probed) answers, built once per length, at the
+    /// first lookup of that length (arrays never change after publication): the same answer for
+    /// every address, found through a bucket index and a short search. Other lengths and smaller
+    /// arrays run the probes.
     ///
     /// ```
     /// use ioregionfd_model::bus::{BusConfig, BusKind, KvmIo};
@@ -376,7 +378,7 @@ impl BusArray {
     /// ```
     pub fn get_first_dev(&self, addr: u64, len: i32) -> Option<usize> {
         match (&self.answers, TABLED_LENS.iter().position(|&l| l == len)) {
-            (Some(tables), Some(i)) => tables[i].answer(addr),
+            (Some(tables), Some(i)) => tables[i].get_or_init(|| AnswerTable::build(&self.keys, len)).answer(addr),
             _ => self.get_first_dev_probed(addr, len),
         }
     }
