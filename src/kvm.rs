@@ -129,11 +129,6 @@ impl Kvm {
         self.vms.lock().get(id).cloned()
     }
 
-    /// How many VMs there are (numbered from 0).
-    pub fn vm_count(&self) -> usize {
-        self.vms.lock().len()
-    }
-
     /// Runs `f` on every VM, in creation order, without copying the list (quiescent use: the
     /// VM list stays locked meanwhile, so `f` must not create a VM).
     pub fn with_vms<R>(&self, f: impl FnOnce(&[Arc<Vm>]) -> R) -> R {
