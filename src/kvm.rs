@@ -129,6 +129,12 @@ impl Kvm {
         self.vms.lock().get(id).cloned()
     }
 
+    /// Runs `f` on every VM, in creation order, without copying the list (quiescent use: the
+    /// VM list stays locked meanwhile, so `f` must not create a VM).
+    pub fn with_vms<R>(&self, f: impl FnOnce(&[Arc<Vm>]) -> R) -> R {
+        f(&self.vms.lock())
+    }
+
     /// Every VM, in creation order.
     pub fn vms(&self) -> Vec<Arc<Vm>> {
         self.vms.lock().clone()

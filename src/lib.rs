@@ -36,6 +36,7 @@ pub mod kvm;
 pub mod region;
 pub mod scenario;
 pub mod script;
+pub mod structure;
 pub mod sync;
 pub mod trace;
 pub mod uapi;

@@ -330,6 +330,18 @@ impl fmt::Display for Tag {
 const LIVE: u8 = 0;
 const DEAD: u8 = 1;
 
+/// Ghost: how many lifetimes have ended in this process (every [`Lifetime::end`], of any object
+/// of any system). A plain `std` atomic on every backend, never a scheduling point.
+static LIFETIMES_ENDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many [`Lifetime`]s have ended in this process so far. While it stays the same, no device,
+/// bus array or other object has been destroyed or freed anywhere: what the incremental
+/// structural check ([`crate::structure::StructureWatch`]) needs to know to skip the lifetime part
+/// of the `bus` checks.
+pub fn lifetimes_ended() -> u64 {
+    LIFETIMES_ENDED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The lifetime of one modelled kernel object (a device, a bus array, ...): live until it is
 /// destroyed or freed, dead afterwards.
 ///
@@ -370,6 +382,7 @@ impl Lifetime {
     /// Ends the lifetime (destroy, free). Ending it twice is a `lifetime` violation.
     #[track_caller]
     pub fn end(&self, rec: &Recorder, what: impl fmt::Display) {
+        LIFETIMES_ENDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.0.swap(DEAD, Ordering::AcqRel) == DEAD {
             rec.violation(&LIFETIME, format_args!("{what} destroyed or freed twice"));
         }

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["vcpu"],                  // struct kvm_vcpu as dispatch sees it
     &["vm"],                    // struct kvm: its buses, regions, KVM_RUN
     &["kvm"],                   // the system: VMs, files, devices
-    &["script"],                // the line-oriented interface
+    &["script", "structure"],   // the line-oriented interface; the structural checks, incremental
     &["scenario"],              // the scenario language, its runner and checks
 ];
 

@@ -280,16 +280,23 @@ pub struct BusArray {
     /// The entries' comparison keys, contiguous for the lookup (same order as `ranges`).
     keys: Vec<CmpKey>,
     /// The answers of [`get_first_dev_probed`](Self::get_first_dev_probed) for the access
-    /// lengths in [`TABLED_LENS`], as interval tables built with the array when it has
-    /// [`TABLE_MIN_DEVS`] entries or more.
-    answers: Option<Box<[AnswerTable; TABLED_LENS.len()]>>,
+    /// lengths in [`TABLED_LENS`], as interval tables, on an array of [`TABLE_MIN_DEVS`] entries
+    /// or more; each built at the first lookup of its length (an array replaced before any
+    /// access of a length builds nothing for it). Plain `std` cells on every backend: a table is
+    /// a cache of a function of the immutable entries, not modelled kernel state.
+    answers: Option<Box<[std::sync::OnceLock<AnswerTable>; TABLED_LENS.len()]>>,
     /// `ioeventfd_count`.
     ioeventfd_count: AtomicI32,
     /// `range[]`, sorted per [`kvm_io_bus_cmp`].
     ranges: Vec<IoRange>,
     /// Freed once no reader can see it.
     life: Lifetime,
+    /// Ghost: this array's identity (see [`BusArray::id`]).
+    id: u64,
 }
+
+/// Ghost: the identity of the next array made (from 1; 0 is no array).
+static NEXT_ARRAY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl fmt::Debug for BusArray {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -304,8 +311,7 @@ impl fmt::Debug for BusArray {
 impl BusArray {
     fn new(ranges: Vec<IoRange>, ioeventfd_count: i32) -> Self {
         let keys: Vec<CmpKey> = ranges.iter().map(|r| CmpKey::new(r.addr, r.len)).collect();
-        let answers =
-            (keys.len() >= TABLE_MIN_DEVS).then(|| Box::new(TABLED_LENS.map(|len| AnswerTable::build(&keys, len))));
+        let answers = (keys.len() >= TABLE_MIN_DEVS).then(|| Box::new(TABLED_LENS.map(|_| std::sync::OnceLock::new())));
         BusArray {
             dev_count: ranges.len() as i32,
             keys,
@@ -313,7 +319,15 @@ impl BusArray {
             ioeventfd_count: AtomicI32::new(ioeventfd_count),
             ranges,
             life: Lifetime::new(),
+            id: NEXT_ARRAY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Ghost: the array's identity, never given to another array of this process (unlike its
+    /// address, which a later array may reuse). An array never changes after publication but for
+    /// `ioeventfd_count` and its lifetime, so two looks that see the same id see the same entries.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The entries, in bus order.
@@ -344,9 +358,10 @@ impl BusArray {
     ///
     /// For the lengths guests use ([`TABLED_LENS`]), on an array of [`TABLE_MIN_DEVS`] entries or
     /// more, the answer comes from a table of what
-    /// [`get_first_dev_probed`](Self::get_first_dev_probed) answers, built once when the array is
-    /// (arrays never change after publication): the same answer for every address, found
-    /// through a bucket index and a short search. Other lengths and smaller arrays run the probes.
+    /// [`get_first_dev_probed`](Self::get_first_dev_probed) answers, built once per length, at the
+    /// first lookup of that length (arrays never change after publication): the same answer for
+    /// every address, found through a bucket index and a short search. Other lengths and smaller
+    /// arrays run the probes.
     ///
     /// ```
     /// use ioregionfd_model::bus::{BusConfig, BusKind, KvmIo};
@@ -363,7 +378,7 @@ impl BusArray {
     /// ```
     pub fn get_first_dev(&self, addr: u64, len: i32) -> Option<usize> {
         match (&self.answers, TABLED_LENS.iter().position(|&l| l == len)) {
-            (Some(tables), Some(i)) => tables[i].answer(addr),
+            (Some(tables), Some(i)) => tables[i].get_or_init(|| AnswerTable::build(&self.keys, len)).answer(addr),
             _ => self.get_first_dev_probed(addr, len),
         }
     }
@@ -386,8 +401,17 @@ impl BusArray {
 }
 
 /// `kvm->slots_lock` with what it protects (the VM's device lists).
+///
+/// Everything that changes a VM's structure goes through it: publishing a bus array
+/// ([`IoBus::register_dev`], [`IoBus::unregister_dev`], [`IoBus::destroy`]), `ioeventfd_count`
+/// ([`BusArray::add_ioeventfd_count`]) and the lists all demand a [`SlotsGuard`]. So while its
+/// [`generation`](Self::generation) stays the same, none of them has changed.
 #[derive(Debug)]
-pub struct SlotsLock<T>(Mutex<T>);
+pub struct SlotsLock<T> {
+    lock: Mutex<T>,
+    /// Ghost: how many times it was taken (a plain `std` atomic, never a scheduling point).
+    generation: std::sync::atomic::AtomicU64,
+}
 
 /// Proof that `kvm->slots_lock` is held (`lockdep_assert_held`), and access to what it protects.
 #[derive(Debug)]
@@ -396,13 +420,20 @@ pub struct SlotsGuard<'a, T>(MutexGuard<'a, T>);
 impl<T> SlotsLock<T> {
     /// A new unlocked `slots_lock` protecting `value`.
     pub fn new(value: T) -> Self {
-        SlotsLock(Mutex::new(value))
+        SlotsLock { lock: Mutex::new(value), generation: std::sync::atomic::AtomicU64::new(0) }
     }
 
     /// `mutex_lock(&kvm->slots_lock)`.
     #[track_caller]
     pub fn lock(&self) -> SlotsGuard<'_, T> {
-        SlotsGuard(self.0.lock())
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SlotsGuard(self.lock.lock())
+    }
+
+    /// Ghost: how many times the lock has been taken. Unchanged between two looks means nothing
+    /// it protects changed in between, nor any bus array of the VM (see the type's docs).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -644,9 +675,11 @@ impl IoBus {
         len: i32,
         mut op: impl FnMut(&Arc<dyn KvmIoDevice>) -> Result<(), Errno>,
     ) -> Result<Arc<dyn KvmIoDevice>, Errno> {
-        let what = format_args!("{} bus array of vm{}", self.kind, self.vm).to_string();
         let Some(mut idx) = bus.get_first_dev(addr, len) else { return Err(Errno::EOPNOTSUPP) };
-        while bus.life.check_use(ctx.rec, &what) && idx < bus.dev_count as usize && bus.key_cmp((addr, len), idx) == 0 {
+        while bus.life.check_use(ctx.rec, format_args!("{} bus array of vm{}", self.kind, self.vm))
+            && idx < bus.dev_count as usize
+            && bus.key_cmp((addr, len), idx) == 0
+        {
             let dev = &bus.ranges[idx].dev;
             if dev.lifetime().check_use(ctx.rec, format_args!("{dev:?}")) {
                 match op(dev) {
@@ -697,31 +730,64 @@ impl IoBus {
 /// broken invariant with what is wrong.
 pub fn check_bus_array(kind: BusKind, bus: &BusArray) -> Vec<(&'static Invariant, String)> {
     let mut wrong = Vec::new();
+    {
+        let mut found = collect_into(&mut wrong);
+        visit_bus_order(kind, bus, &mut found);
+        visit_bus_lifetimes(kind, bus, &mut found);
+    }
+    wrong
+}
+
+/// Where a structural check reports what it finds: the invariant, and the text as
+/// [`fmt::Arguments`], made into a `String` only by a caller that keeps texts (a caller that
+/// only counts, such as [`crate::structure::StructureWatch`], formats nothing).
+pub type Found<'f> = dyn FnMut(&'static Invariant, fmt::Arguments<'_>) + 'f;
+
+/// A [`Found`] that keeps each finding with its text, in order.
+pub fn collect_into<'a>(
+    wrong: &'a mut Vec<(&'static Invariant, String)>,
+) -> impl FnMut(&'static Invariant, fmt::Arguments<'_>) + 'a {
+    move |inv, text| wrong.push((inv, text.to_string()))
+}
+
+/// The order part of [`check_bus_array`] (`bus`): the entries sorted per [`kvm_io_bus_cmp`] and
+/// `dev_count` equal to their number. It depends only on the array's entries, which never change
+/// after publication.
+pub fn visit_bus_order(kind: BusKind, bus: &BusArray, found: &mut Found<'_>) {
     for (i, pair) in bus.ranges.windows(2).enumerate() {
         if kvm_io_bus_cmp((pair[0].addr, pair[0].len), (pair[1].addr, pair[1].len)) > 0 {
-            wrong.push((
+            found(
                 &BUS,
-                format!("{kind} bus entries {i} {:?} and {} {:?} are out of order", pair[0], i + 1, pair[1]),
-            ));
+                format_args!("{kind} bus entries {i} {:?} and {} {:?} are out of order", pair[0], i + 1, pair[1]),
+            );
         }
     }
     if bus.dev_count as usize != bus.ranges.len() {
-        wrong.push((&BUS, format!("{kind} bus dev_count {} but {} entries", bus.dev_count, bus.ranges.len())));
+        found(&BUS, format_args!("{kind} bus dev_count {} but {} entries", bus.dev_count, bus.ranges.len()));
     }
+}
+
+/// The lifetime part of [`check_bus_array`] (`lifetime`): the array and every device it points
+/// to live. It changes only when some [`Lifetime`] ends ([`crate::trace::lifetimes_ended`]).
+pub fn visit_bus_lifetimes(kind: BusKind, bus: &BusArray, found: &mut Found<'_>) {
     if !bus.life.is_live() {
-        wrong.push((&LIFETIME, format!("{kind} bus array is published but freed")));
+        found(&LIFETIME, format_args!("{kind} bus array is published but freed"));
     }
     for r in bus.ranges.iter().filter(|r| !r.dev.lifetime().is_live()) {
-        wrong.push((&LIFETIME, format!("{kind} bus entry {r:?} points to a destroyed device")));
+        found(&LIFETIME, format_args!("{kind} bus entry {r:?} points to a destroyed device"));
     }
-    wrong
+}
+
+/// How many entries of `bus` are ioeventfds (what `ioeventfd_count` must be).
+pub fn ioeventfd_entries(bus: &BusArray) -> usize {
+    bus.ranges.iter().filter(|r| r.dev.is_ioeventfd()).count()
 }
 
 /// The `bus` check of `ioeventfd_count`, meaningful only where no writer is in the middle of an
 /// update under `slots_lock` (eventfd.c adjusts the count after publishing): the count equals the
 /// number of ioeventfd entries.
 pub fn check_ioeventfd_count(kind: BusKind, bus: &BusArray) -> Option<(&'static Invariant, String)> {
-    let ioeventfds = bus.ranges.iter().filter(|r| r.dev.is_ioeventfd()).count();
+    let ioeventfds = ioeventfd_entries(bus);
     (bus.ioeventfd_count() as usize != ioeventfds).then(|| {
         (&BUS, format!("{kind} bus ioeventfd_count {} but {ioeventfds} ioeventfd entries", bus.ioeventfd_count()))
     })

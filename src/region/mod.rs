@@ -91,6 +91,11 @@ impl Ioregion {
         self.id
     }
 
+    /// Its guest range: `(paddr, size)`.
+    pub fn range(&self) -> (u64, u64) {
+        (self.paddr, self.size)
+    }
+
     /// The `Arc` this region lives in (`None` once it is gone).
     pub fn arc(&self) -> Option<Arc<Ioregion>> {
         self.me.upgrade()
@@ -783,36 +788,72 @@ impl KvmIo<RegionLists> {
     pub fn check_regions(&self) -> Vec<(&'static Invariant, String)> {
         let slots = self.slots.lock();
         let mut wrong = Vec::new();
-        for r in slots.ext.all() {
-            let Some(array) = self.bus(r.bus).snapshot() else { continue };
+        let mut found = crate::bus::collect_into(&mut wrong);
+        for bus in BusKind::ALL {
+            let array = self.bus(bus).snapshot();
+            Self::visit_region_entries(self.vm, &slots, bus, array.as_deref(), &mut found);
+        }
+        for bus in [BusKind::Mmio, BusKind::Pio] {
+            Self::visit_overlaps(self.vm, &slots, bus, (0, 0), &mut found);
+        }
+        drop(found);
+        wrong
+    }
+
+    /// The `bus` part of [`check_regions`](Self::check_regions) for the regions on `bus`: each
+    /// has its entry in `array` (the bus's published array; none when the bus is NULL, which
+    /// leaves nothing to check), with its own address and its size as the entry's len.
+    pub fn visit_region_entries(
+        vm: usize,
+        slots: &crate::bus::Locked<RegionLists>,
+        bus: BusKind,
+        array: Option<&crate::bus::BusArray>,
+        found: &mut crate::bus::Found<'_>,
+    ) {
+        let Some(array) = array else { return };
+        for r in slots.ext.on(bus) {
             let entry = array.ranges().iter().find(|e| same_region(&e.dev, r));
             match entry {
                 Some(e) if e.addr == r.paddr && e.len as i64 as u64 == r.size => {}
-                Some(e) => wrong.push((
+                Some(e) => found(
                     &crate::invariants::BUS,
-                    format!("vm{}: {r:?} is on the {} bus as [{:#x} len {}]", self.vm, r.bus, e.addr, e.len),
-                )),
-                None => {
-                    wrong.push((&crate::invariants::BUS, format!("vm{}: {r:?} is not on the {} bus", self.vm, r.bus)))
+                    format_args!("vm{vm}: {r:?} is on the {} bus as [{:#x} len {}]", r.bus, e.addr, e.len),
+                ),
+                None => found(&crate::invariants::BUS, format_args!("vm{vm}: {r:?} is not on the {} bus", r.bus)),
+            }
+        }
+    }
+
+    /// The `overlap` part of [`check_regions`](Self::check_regions) on `bus` (MMIO or PIO): every
+    /// pair of its regions, and every region with every ioeventfd of the bus, that overlap.
+    ///
+    /// `new` = `(regions, ioeventfds)` says from which position on (in list order; the
+    /// ioeventfds counted among those of this bus) the entries are new: only pairs with at least
+    /// one new member are looked at. `(0, 0)` looks at every pair. An overlap depends only on the
+    /// two ranges, so when the lists before those positions are the same ranges as at an earlier
+    /// look, the earlier count plus what this finds is the count of every pair.
+    pub fn visit_overlaps(
+        vm: usize,
+        slots: &crate::bus::Locked<RegionLists>,
+        bus: BusKind,
+        new: (usize, usize),
+        found: &mut crate::bus::Found<'_>,
+    ) {
+        let (new_regions, new_ioeventfds) = new;
+        let regions = slots.ext.on(bus);
+        for (i, a) in regions.iter().enumerate() {
+            for b in &regions[(i + 1).max(new_regions)..] {
+                if exact_overlap(a.paddr, a.size, b.paddr, b.size) {
+                    found(&OVERLAP, format_args!("vm{vm}: {a:?} and {b:?} overlap"));
+                }
+            }
+            let skip = if i >= new_regions { 0 } else { new_ioeventfds };
+            for p in slots.ioeventfds.iter().filter(|p| p.bus() == bus).skip(skip) {
+                if exact_overlap(a.paddr, a.size, p.addr(), p.len()) {
+                    found(&OVERLAP, format_args!("vm{vm}: {a:?} and {p:?} overlap"));
                 }
             }
         }
-        for bus in [BusKind::Mmio, BusKind::Pio] {
-            let regions = slots.ext.on(bus);
-            for (i, a) in regions.iter().enumerate() {
-                for b in &regions[i + 1..] {
-                    if exact_overlap(a.paddr, a.size, b.paddr, b.size) {
-                        wrong.push((&OVERLAP, format!("vm{}: {a:?} and {b:?} overlap", self.vm)));
-                    }
-                }
-                for p in slots.ioeventfds.iter().filter(|p| p.bus() == bus) {
-                    if exact_overlap(a.paddr, a.size, p.addr(), p.len()) {
-                        wrong.push((&OVERLAP, format!("vm{}: {a:?} and {p:?} overlap", self.vm)));
-                    }
-                }
-            }
-        }
-        wrong
     }
 }
 

@@ -18,6 +18,13 @@
 //!   reference predicts their violations, so they are expected findings, not crashes);
 //! - for `proposed`, no violation at all, event or structural.
 //!
+//! The structural violations are those of the full checks (the model's
+//! `Kvm::check_structure`, the reference's `World::structure`), kept up to date incrementally:
+//! after an operation only what it could have changed is looked at again, on both sides, and
+//! compared as counts per invariant ([`run`] says how; the tests of
+//! `crates/fuzz-targets/tests/incremental_checks.rs` show that nothing is lost). Both full checks
+//! still run once at the end of each input, and whenever a step differs (for the report).
+//!
 //! The reference models everything but injected allocation failures (`fail-next-alloc`). One
 //! that is asked for changes nothing until an allocation fails, so the comparison goes on until
 //! then (the model says when: [`Vm::alloc_failure_pending`]); from the operation in which it
@@ -32,13 +39,15 @@ use arbitrary::Unstructured;
 use ioregionfd_model::bus::{BusKind, Insertion, NR_IOBUS_DEVS};
 use ioregionfd_model::design::Design;
 use ioregionfd_model::script::{Op, TransportKind, parse_line};
+use ioregionfd_model::structure::Tally;
+use ioregionfd_model::trace::Violation;
 use ioregionfd_model::uapi::{
     KVM_IOREGION_DEASSIGN, KVM_IOREGION_PIO, KVM_IOREGION_POSTED_WRITES, KvmIoregionSeed, KvmIoregionV3,
 };
 use ioregionfd_model::vm::Backend;
 
 use ioregionfd_model_reference as reference;
-use reference::{End, FKind, Logged, Sut, World, compare};
+use reference::{Counted, End, Expect, FKind, Logged, Sut, World, compare};
 
 /// At most this many operations are read from one input.
 pub const MAX_OPS: usize = 64;
@@ -73,17 +82,132 @@ pub struct Summary {
 
 /// Runs one input; panics (a crash for libFuzzer) on a divergence from the reference, on any
 /// violation under `proposed`, and on a panic of the model.
+///
+/// The fuzzer's path: after each operation both sides' structural checks are brought up to date
+/// incrementally (the model's [`StructureWatch`](ioregionfd_model::structure::StructureWatch),
+/// the reference's [`World::structure_tally`]) and compared as counts; texts and the failure
+/// report are made only when something differs. At the end of the input both sides' full checks
+/// run once and must agree with the incremental ones. [`execute`] runs the full checks after
+/// every operation instead (and keeps the violations' texts): the same verdict on every input.
 pub fn run(data: &[u8]) {
-    execute_with(data, false);
+    run_counted(data, false);
 }
 
-/// Runs one input and says what it did, violation texts included; panics as [`run`] does.
+/// What [`run_verified`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Operations after which both sides' incremental checks were compared with their full ones.
+    pub steps: usize,
+    /// Of those, steps after which structural violations stood (seed and rfc-v3 findings).
+    pub standing: usize,
+}
+
+/// [`run`], with the full structural checks of both sides run after every operation as well and
+/// compared with the incremental ones (a test of the incremental checks: any difference
+/// panics).
+pub fn run_verified(data: &[u8]) -> Checked {
+    run_counted(data, true)
+}
+
+/// The fuzzer's path ([`run`]); with `verify`, the full checks after every step too.
+fn run_counted(data: &[u8], verify: bool) -> Checked {
+    let mut checked = Checked::default();
+    let Some((&first, rest)) = data.split_first() else { return checked };
+    let design = super::design_of(first);
+    let mut u = Unstructured::new(rest);
+    let mut world = World::new(design);
+    let mut sut = Sut::new(design);
+    let mut armed: Vec<(usize, BusKind)> = Vec::new();
+    let mut in_step = true;
+    let mut ops = 0;
+    while !u.is_empty() && ops < MAX_OPS {
+        let Some(op) = decode_op(&mut u, &world) else { continue };
+        if !world.admits(&op) {
+            continue;
+        }
+        ops += 1;
+        if let Op::FailNextAlloc { vm, bus } = op {
+            let out = sut.runner.execute(&op).unwrap_or_else(|e| panic!("registration: the decoder made `{op}`: {e}"));
+            sut.log.push((op, Logged::ModelOnly(out.result)));
+            armed.push((vm, bus));
+            continue;
+        }
+        let want = world.apply_counted(&op);
+        let (got, new) = sut.apply_counted(&op);
+        if !armed.is_empty() {
+            let kvm = sut.runner.kvm();
+            let before = armed.len();
+            armed.retain(|&(vm, bus)| kvm.vm(vm).is_some_and(|v| v.alloc_failure_pending(bus)));
+            in_step &= armed.len() == before;
+        }
+        if verify {
+            let full = Tally::of(&sut.runner.kvm().check_structure());
+            assert_eq!(got.structure, full, "registration: the model's incremental check disagrees with its full one");
+            let full = Tally::of_ids(world.structure()).expect("structural ids");
+            assert_eq!(
+                want.structure, full,
+                "registration: the reference's incremental check disagrees with its full one"
+            );
+            checked.steps += 1;
+            checked.standing += usize::from(!got.structure.is_clear());
+        }
+        if in_step {
+            if got != want || (world.strict && !got.clean()) {
+                diverged(&sut, &world, &got, &want, new);
+            }
+        } else if world.strict && judged_after_failure(&got) {
+            let shown = sut.shown(&got, new);
+            panic!(
+                "registration: proposed must violate nothing (after an injected allocation failure: {WIRING_INDEPENDENT:?} judged)\n  violations this step: {:#?}\n  standing: {:#?}\nscript:\n{}\n",
+                shown.event_texts(),
+                shown.standing_texts(),
+                sut.script()
+            );
+        }
+    }
+    // the backstop: both sides' full checks once, against the incremental ones
+    if ops > 0 {
+        let full = Tally::of(&sut.runner.kvm().check_structure());
+        let counted = sut.watch.update(sut.runner.kvm());
+        assert_eq!(counted, full, "registration: the model's incremental check disagrees with its full one at the end");
+        let full = Tally::of_ids(world.structure()).expect("structural ids");
+        assert_eq!(
+            world.structure_tally(),
+            full,
+            "registration: the reference's incremental check disagrees with its full one at the end"
+        );
+    }
+    checked
+}
+
+/// Whether `proposed` fails a step after an injected allocation failure: a violation of one of
+/// [`WIRING_INDEPENDENT`] (every structural one is).
+fn judged_after_failure(got: &Counted) -> bool {
+    // `bus`, `lifetime` and `overlap`, all a structural check can find, are all judged
+    got.events.iter().any(|id| WIRING_INDEPENDENT.contains(id)) || !got.structure.is_clear()
+}
+
+/// A step that differs from the reference (or violates something under `proposed`): the failure
+/// report of [`compare`], from both sides' full checks. Panics in every case: if the full checks
+/// agree where the incremental ones did not, that is a defect of the incremental checks.
+fn diverged(sut: &Sut, world: &World, got: &Counted, want: &Counted, new: Vec<Violation>) -> ! {
+    let shown = sut.shown(got, new);
+    let want = Expect { obs: want.obs.clone(), events: want.events.clone(), structure: world.structure() };
+    match compare(&shown, &want, world.strict, sut) {
+        Err(report) => panic!("registration: {report}"),
+        Ok(()) => panic!(
+            "registration: the incremental structural checks disagree with the full ones\n  model: {}\n  full: {:?}\n  reference full: {:?}\nscript:\n{}\n",
+            got.structure,
+            shown.expect.structure,
+            want.structure,
+            sut.script()
+        ),
+    }
+}
+
+/// Runs one input and says what it did, violation texts included; panics as [`run`] does. It
+/// runs both sides' full structural checks after every operation (to keep the texts).
 pub fn execute(data: &[u8]) -> Summary {
-    execute_with(data, true)
-}
-
-/// [`execute`], collecting the violations only when `collect` (the fuzzer's hot path does not).
-fn execute_with(data: &[u8], collect: bool) -> Summary {
     let Some((&first, rest)) = data.split_first() else { return Summary::default() };
     let design = super::design_of(first);
     let mut u = Unstructured::new(rest);
@@ -117,18 +241,16 @@ fn execute_with(data: &[u8], collect: bool) -> Summary {
             summary.alloc_failures += 1;
             in_step = false;
         }
-        if collect {
-            summary.violations.extend(&shown.expect.events);
-            summary.texts.extend(shown.event_texts());
-            let standing_now = shown.standing_texts();
-            for text in &standing_now {
-                if !standing.contains(text) {
-                    summary.violations.extend(shown.expect.structure.iter().find(|id| text.starts_with(*id)));
-                    summary.texts.push(text.clone());
-                }
+        summary.violations.extend(&shown.expect.events);
+        summary.texts.extend(shown.event_texts());
+        let standing_now = shown.standing_texts();
+        for text in &standing_now {
+            if !standing.contains(text) {
+                summary.violations.extend(shown.expect.structure.iter().find(|id| text.starts_with(*id)));
+                summary.texts.push(text.clone());
             }
-            standing = standing_now;
         }
+        standing = standing_now;
         if in_step {
             summary.compared += 1;
             let want = world.last.as_ref().expect("the reference ran");

@@ -21,6 +21,7 @@ use ioregionfd_model::design::Design;
 use ioregionfd_model::errno::Errno;
 use ioregionfd_model::invariants::Invariant;
 use ioregionfd_model::script::{Op, Runner, TransportKind};
+use ioregionfd_model::structure::{StructureWatch, Tally};
 use ioregionfd_model::trace::Violation;
 use ioregionfd_model::uapi::{KvmCoalescedMmioZone, KvmIoregionSeed, KvmIoregionV3};
 use ioregionfd_model::vm::{AccessOutcome, Backend, KvmExit, VmConfig};
@@ -447,6 +448,11 @@ pub struct World {
     pub viol: Vec<&'static str>,
     pub last: Option<Expect>,
     pub seen: Seen,
+    /// The VMs whose arrays, region lists or ioeventfds changed since [`World::structure_tally`]
+    /// last counted them: bit `vm` (bit 63 for every VM from 63 on).
+    pub touched: u64,
+    /// Each VM's structural violations as [`World::structure_tally`] last counted them.
+    pub tallies: Vec<Tally>,
 }
 
 pub fn kget(refs: &mut i64) -> bool {
@@ -590,7 +596,14 @@ impl World {
             viol: Vec::new(),
             last: None,
             seen: Seen::default(),
+            touched: 0,
+            tallies: Vec::new(),
         }
+    }
+
+    /// Notes that VM `vm`'s structure (arrays, region lists, ioeventfds) changed.
+    pub fn touch(&mut self, vm: usize) {
+        self.touched |= 1 << vm.min(63);
     }
 
     pub fn seed(&self) -> bool {
@@ -949,12 +962,14 @@ impl World {
     // ---- buses ----
 
     pub fn insert_entry(&mut self, vm: usize, bus: usize, addr: u64, len: i32, dev: Dev) {
+        self.touch(vm);
         let arr = &mut self.vms[vm].arrays[bus];
         let i = arr.iter().position(|e| bus_cmp((e.addr, e.len), (addr, len)) > 0).unwrap_or(arr.len());
         arr.insert(i, Entry { addr, len, dev });
     }
 
     pub fn remove_entry(&mut self, vm: usize, bus: usize, dev: Dev) {
+        self.touch(vm);
         let arr = &mut self.vms[vm].arrays[bus];
         if let Some(i) = arr.iter().position(|e| e.dev == dev) {
             arr.remove(i);
@@ -989,6 +1004,7 @@ impl World {
     pub fn unregister_region(&mut self, r: usize) {
         let (vm, bus) = (self.regions[r].vm, self.regions[r].bus);
         self.remove_entry(vm, bus, Dev::Region(r));
+        self.touch(vm);
         self.vms[vm].lists[bus].retain(|&x| x != r);
         self.regions[r].live = false;
         let reg = self.regions[r].clone();
@@ -1152,6 +1168,7 @@ impl World {
         });
         let r = self.regions.len() - 1;
         self.insert_entry(vm, bus, a.guest_paddr, a.memory_size as i32, Dev::Region(r));
+        self.touch(vm);
         self.vms[vm].lists[bus].push(r);
         Ok(())
     }
@@ -1279,6 +1296,7 @@ impl World {
         let r = self.regions.len() - 1;
         self.insert_entry(vm, bus, a.guest_paddr, a.memory_size as i32, Dev::Region(r));
         self.objs[o].hooks.push(r);
+        self.touch(vm);
         self.vms[vm].lists[bus].push(r);
         Ok(())
     }
@@ -1387,6 +1405,7 @@ impl World {
             self.efd_put(e);
             return Err(Errno::EEXIST);
         }
+        self.touch(vm);
         self.ioevs.push(Ioev { vm, bus, addr, len, efd: e, wildcard, datamatch: dm, live: true });
         let i = self.ioevs.len() - 1;
         self.insert_entry(vm, bus, addr, len as i32, Dev::Ioev(i));
@@ -1421,6 +1440,7 @@ impl World {
         let r = match found {
             Some(i) => {
                 self.remove_entry(vm, bus, Dev::Ioev(i));
+                self.touch(vm);
                 self.ioevs[i].live = false;
                 self.efd_put(self.ioevs[i].efd);
                 Ok(())
@@ -1745,45 +1765,63 @@ impl World {
     // ---- structure ----
 
     pub fn structure(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        for v in &self.vms {
-            for arr in &v.arrays {
-                // every array sorted per `kvm_io_bus_cmp`
-                for pair in arr.windows(2) {
-                    if bus_cmp((pair[0].addr, pair[0].len), (pair[1].addr, pair[1].len)) > 0 {
-                        out.push("bus");
-                    }
+        let mut t = Tally::default();
+        (0..self.vms.len()).for_each(|vm| t += self.structure_of(vm));
+        t.ids()
+    }
+
+    /// The structural violations of VM `vm`, counted: every array sorted per `kvm_io_bus_cmp`,
+    /// every region's entry with its size as len (`bus`); no two regions of a bus, nor a region
+    /// and a live ioeventfd of the bus, overlapping (`overlap`).
+    pub fn structure_of(&self, vm: usize) -> Tally {
+        let v = &self.vms[vm];
+        let mut t = Tally::default();
+        for arr in &v.arrays {
+            // every array sorted per `kvm_io_bus_cmp`
+            for pair in arr.windows(2) {
+                if bus_cmp((pair[0].addr, pair[0].len), (pair[1].addr, pair[1].len)) > 0 {
+                    t.bus += 1;
                 }
-                // every region's entry has its address and its size as len
-                for e in arr {
-                    if let Dev::Region(r) = e.dev
-                        && e.len as i64 as u64 != self.regions[r].size
-                    {
-                        out.push("bus");
-                    }
+            }
+            // every region's entry has its address and its size as len
+            for e in arr {
+                if let Dev::Region(r) = e.dev
+                    && e.len as i64 as u64 != self.regions[r].size
+                {
+                    t.bus += 1;
                 }
             }
         }
-        let mut n = 0;
-        for (vm, v) in self.vms.iter().enumerate() {
-            for bus in [MMIO, PIO] {
-                let list = &v.lists[bus];
-                for (i, &a) in list.iter().enumerate() {
-                    let ra = &self.regions[a];
-                    for &b in &list[i + 1..] {
-                        let rb = &self.regions[b];
-                        n += usize::from(exact_overlap(ra.paddr, ra.size, rb.paddr, rb.size));
-                    }
-                    for i in self.vm_ioevs(vm) {
-                        let p = &self.ioevs[i];
-                        n += usize::from(p.bus == bus && exact_overlap(ra.paddr, ra.size, p.addr, u64::from(p.len)));
-                    }
+        for bus in [MMIO, PIO] {
+            let list = &v.lists[bus];
+            for (i, &a) in list.iter().enumerate() {
+                let ra = &self.regions[a];
+                for &b in &list[i + 1..] {
+                    let rb = &self.regions[b];
+                    t.overlap += u32::from(exact_overlap(ra.paddr, ra.size, rb.paddr, rb.size));
+                }
+                for p in self.ioevs.iter().filter(|p| p.live && p.vm == vm && p.bus == bus) {
+                    t.overlap += u32::from(exact_overlap(ra.paddr, ra.size, p.addr, u64::from(p.len)));
                 }
             }
         }
-        out.extend(vec!["overlap"; n]);
-        out.sort_unstable();
-        out
+        t
+    }
+
+    /// The structural violations of every VM, counted ([`World::structure`] as a tally), with
+    /// only the VMs [`World::touch`]ed since the last call counted again.
+    pub fn structure_tally(&mut self) -> Tally {
+        for vm in 0..self.vms.len() {
+            if vm >= self.tallies.len() {
+                self.tallies.push(self.structure_of(vm));
+            } else if self.touched & (1 << vm.min(63)) != 0 {
+                self.tallies[vm] = self.structure_of(vm);
+            }
+        }
+        self.touched = 0;
+        let mut t = Tally::default();
+        self.tallies.iter().for_each(|v| t += *v);
+        t
     }
 
     // ---- one operation ----
@@ -1792,6 +1830,7 @@ impl World {
         match *op {
             Op::Vm { backend, .. } => {
                 self.vms.push(RVm { vmx: backend == Backend::VmxEpt, ..RVm::default() });
+                self.touch(self.vms.len() - 1);
                 Obs::Vm(self.vms.len() - 1)
             }
             Op::Eventfd => {
@@ -2000,6 +2039,17 @@ impl World {
         !matches!(op, Op::FailNextAlloc { .. } | Op::Design(_))
     }
 
+    /// Applies `op` and says what it showed, the structural violations counted (and counted
+    /// again only for the VMs the step changed: [`World::structure_tally`]); `last` is left
+    /// as it was. What [`World::apply`] records, without a full structural check per step.
+    pub fn apply_counted(&mut self, op: &Op) -> Counted {
+        self.viol.clear();
+        let obs = self.step(op);
+        let mut events = std::mem::take(&mut self.viol);
+        events.sort_unstable();
+        Counted { obs, events, structure: self.structure_tally() }
+    }
+
     /// Applies `op` and records what it showed in `last`.
     pub fn apply(&mut self, op: &Op) {
         self.viol.clear();
@@ -2007,6 +2057,24 @@ impl World {
         let mut events = std::mem::take(&mut self.viol);
         events.sort_unstable();
         self.last = Some(Expect { obs, events, structure: self.structure() });
+    }
+}
+
+/// What one step showed with its structural violations counted: [`Expect`] with a [`Tally`]
+/// for `structure` (the `registration` fuzz target's per-step comparison).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub obs: Obs,
+    /// Event violation ids recorded during the step, sorted.
+    pub events: Vec<&'static str>,
+    /// Structural violations standing after the step.
+    pub structure: Tally,
+}
+
+impl Counted {
+    /// Whether the step violated nothing, event or structural.
+    pub fn clean(&self) -> bool {
+        self.events.is_empty() && self.structure.is_clear()
     }
 }
 
@@ -2021,6 +2089,8 @@ pub struct Sut {
     pub log: Vec<(Op, Logged)>,
     /// How many of the recorder's violations earlier steps have seen.
     pub seen: usize,
+    /// The model's structural checks, kept up to date by [`Sut::apply_counted`].
+    pub watch: StructureWatch,
 }
 
 /// What the model showed for one logged operation.
@@ -2071,7 +2141,7 @@ impl Sut {
     /// A fresh model of `design` that records violations (and no trace events: the comparison
     /// needs only the violations).
     pub fn new(design: Design) -> Sut {
-        Sut { runner: Runner::without_trace(design), design, log: Vec::new(), seen: 0 }
+        Sut { runner: Runner::without_trace(design), design, log: Vec::new(), seen: 0, watch: StructureWatch::new() }
     }
 
     /// Runs an operation the reference models and says what the model showed.
@@ -2123,6 +2193,31 @@ impl Sut {
         structure.sort_unstable();
         self.log.push((op.clone(), Logged::Compared(obs.clone())));
         Shown { expect: Expect { obs, events, structure }, new, standing }
+    }
+}
+
+impl Sut {
+    /// Runs `op` on the model and says what it showed, the standing structural violations
+    /// counted by the incremental [`StructureWatch`] (no full check, no text made); also the event
+    /// violations of the step, with their texts.
+    pub fn apply_counted(&mut self, op: &Op) -> (Counted, Vec<Violation>) {
+        let obs = self.run(op);
+        let new = self.runner.kvm().recorder().violations_since(self.seen);
+        self.seen += new.len();
+        let mut events: Vec<&'static str> = new.iter().map(|v| v.invariant).collect();
+        events.sort_unstable();
+        let structure = self.watch.update(self.runner.kvm());
+        self.log.push((op.clone(), Logged::Compared(obs.clone())));
+        (Counted { obs, events, structure }, new)
+    }
+
+    /// What [`Sut::apply`] would have shown for the last step, from its parts: the structural
+    /// violations by the full check (for a failure report).
+    pub fn shown(&self, counted: &Counted, new: Vec<Violation>) -> Shown {
+        let standing = self.runner.kvm().check_structure();
+        let mut structure: Vec<&'static str> = standing.iter().map(|(i, _)| i.id).collect();
+        structure.sort_unstable();
+        Shown { expect: Expect { obs: counted.obs.clone(), events: counted.events.clone(), structure }, new, standing }
     }
 }
 
