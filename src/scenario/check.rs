@@ -534,13 +534,19 @@ mod capture {
     }
 
     impl Checked {
-        /// The distinct end states, a deadlock of the failing execution among them.
-        pub fn end_states(self) -> (Option<Failure>, usize, Vec<(String, usize)>) {
+        /// What the search explored, its distinct end states counting a deadlock of the failing
+        /// execution (known once the failure is final: a first pass records no blocked threads).
+        pub fn into_explored(self, completeness: super::Completeness) -> super::Explored {
             let mut end_states = self.end_states;
             if let Some(f) = self.failure.as_ref().filter(|f| f.invariant == "liveness" && !f.blocked.is_empty()) {
                 end_states.add("(no end: every thread is blocked)", &f.invariant);
             }
-            (self.failure, self.executions, end_states.into_sorted())
+            super::Explored {
+                failure: self.failure,
+                executions: self.executions,
+                completeness,
+                end_states: end_states.into_sorted(),
+            }
         }
     }
 }
@@ -555,13 +561,17 @@ pub fn safe_file_name(name: &str) -> String {
 /// failing execution or at a limit.
 #[cfg(loom)]
 pub fn explore(row: &Row, limits: &Limits) -> Explored {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = limits.bound;
-    builder.max_branches = limits.max_branches.unwrap_or(100_000);
-    // The limits are enforced by the body, which knows when a search was cut short; loom's own
-    // stop would look like a complete search.
-    builder.max_duration = None;
-    builder.max_permutations = None;
+    let new_builder = || {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = limits.bound;
+        b.max_branches = limits.max_branches.unwrap_or(100_000);
+        // The limits are enforced by the body, which knows when a search was cut short; loom's
+        // own stop would look like a complete search.
+        b.max_duration = None;
+        b.max_permutations = None;
+        b
+    };
+    let mut builder = new_builder();
     // LOOM_CHECKPOINT_FILE=PATH: each row its own file, PATH.SCENARIO.DESIGN.json.
     builder.checkpoint_file = std::env::var_os("LOOM_CHECKPOINT_FILE").map(|p| {
         let row_part = safe_file_name(&format!("{}.{}", row.name, row.label));
@@ -578,11 +588,7 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
     let mut checked = capture::run_checked(|| builder.check(capture::body(row, limits, start, first)));
     if two_pass && let Some(failed) = checked.failure.as_ref() {
         let failing = checked.executions - 1;
-        let mut again = loom::model::Builder::new();
-        again.preemption_bound = builder.preemption_bound;
-        again.max_branches = builder.max_branches;
-        again.max_duration = None;
-        again.max_permutations = None;
+        let again = new_builder();
         let unlimited = Limits { max_duration: None, max_executions: None, ..limits.clone() };
         let replay =
             capture::run_checked(|| again.check(capture::body(row, &unlimited, start, capture::Record::Only(failing))));
@@ -598,15 +604,14 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
             }
         });
     }
-    let completeness = match (checked.cut.clone(), resumed) {
+    let completeness = match (checked.cut.take(), resumed) {
         (Some(why), _) => Completeness::Incomplete(why),
         (None, Some(file)) if checked.failure.is_none() => Completeness::Incomplete(format!(
             "resumed from the checkpoint {file}: the executions before it were explored by an earlier run"
         )),
         (None, _) => Completeness::Complete,
     };
-    let (failure, executions, end_states) = checked.end_states();
-    Explored { failure, executions, completeness, end_states }
+    checked.into_explored(completeness)
 }
 
 /// The shuttle explorer: PCT schedules (depth = the preemption bound + 1), then random ones, each
@@ -625,7 +630,7 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
         c
     };
     let start = std::time::Instant::now();
-    let checked = capture::run_checked(|| {
+    let mut checked = capture::run_checked(|| {
         Runner::new(PctScheduler::new_from_seed(SEED, depth, limits.iterations), config()).run(capture::body(
             row,
             limits,
@@ -639,12 +644,11 @@ pub fn explore(row: &Row, limits: &Limits) -> Explored {
             capture::Record::Every,
         ));
     });
-    let completeness = match checked.cut.clone() {
+    let completeness = match checked.cut.take() {
         Some(why) => Completeness::Incomplete(why),
         None => Completeness::Sampled,
     };
-    let (failure, executions, end_states) = checked.end_states();
-    Explored { failure, executions, completeness, end_states }
+    checked.into_explored(completeness)
 }
 
 /// Without a checker: one execution on real threads, reported as `liveness` when it does not
