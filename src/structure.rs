@@ -232,32 +232,32 @@ impl StructureWatch {
         let slots = io.slots.lock();
         for bus in BusKind::ALL {
             let b = &mut seen.buses[bus.index()];
-            let snapshot = io.bus(bus).snapshot();
-            let array: Option<&BusArray> = snapshot.as_deref();
-            let id = array.map_or(0, BusArray::id);
-            let new_array = id != b.array;
-            if new_array {
-                b.array = id;
-                b.order = Tally::default();
-                b.ioeventfd_entries = 0;
-                if let Some(a) = array {
-                    visit_bus_order(bus, a, &mut counter(&mut b.order));
-                    b.ioeventfd_entries = crate::bus::ioeventfd_entries(a);
+            io.bus(bus).with_snapshot(|array| {
+                let id = array.map_or(0, BusArray::id);
+                let new_array = id != b.array;
+                if new_array {
+                    b.array = id;
+                    b.order = Tally::default();
+                    b.ioeventfd_entries = 0;
+                    if let Some(a) = array {
+                        visit_bus_order(bus, a, &mut counter(&mut b.order));
+                        b.ioeventfd_entries = crate::bus::ioeventfd_entries(a);
+                    }
                 }
-            }
-            // `ioeventfd_count` changes under the lock, in place
-            b.count = Tally::default();
-            if array.is_some_and(|a| a.ioeventfd_count() as usize != b.ioeventfd_entries) {
-                b.count.count(&BUS);
-            }
-            if new_array || lifetimes_changed {
-                b.lifetimes = Tally::default();
-                if let Some(a) = array {
-                    visit_bus_lifetimes(bus, a, &mut counter(&mut b.lifetimes));
+                // `ioeventfd_count` changes under the lock, in place
+                b.count = Tally::default();
+                if array.is_some_and(|a| a.ioeventfd_count() as usize != b.ioeventfd_entries) {
+                    b.count.count(&BUS);
                 }
-            }
-            b.entries = Tally::default();
-            VmIo::visit_region_entries(io.vm, &slots, bus, array, &mut counter(&mut b.entries));
+                if new_array || lifetimes_changed {
+                    b.lifetimes = Tally::default();
+                    if let Some(a) = array {
+                        visit_bus_lifetimes(bus, a, &mut counter(&mut b.lifetimes));
+                    }
+                }
+                b.entries = Tally::default();
+                VmIo::visit_region_entries(io.vm, &slots, bus, array, &mut counter(&mut b.entries));
+            });
             if matches!(bus, BusKind::Mmio | BusKind::Pio) {
                 Self::look_at_overlaps(io.vm, &slots, bus, b);
             }
@@ -273,12 +273,16 @@ impl StructureWatch {
         let mut found = [Tally::default(); 4];
         for bus in BusKind::ALL {
             let b = &seen.buses[bus.index()];
-            let snapshot = if b.array == 0 { None } else { io.bus(bus).snapshot() };
-            if snapshot.as_deref().map_or(0, BusArray::id) != b.array {
+            let same = b.array == 0
+                || io.bus(bus).with_snapshot(|array| {
+                    let same = array.map_or(0, BusArray::id) == b.array;
+                    if let Some(a) = array.filter(|_| same) {
+                        visit_bus_lifetimes(bus, a, &mut counter(&mut found[bus.index()]));
+                    }
+                    same
+                });
+            if !same {
                 return false;
-            }
-            if let Some(a) = snapshot.as_deref() {
-                visit_bus_lifetimes(bus, a, &mut counter(&mut found[bus.index()]));
             }
         }
         for (b, t) in seen.buses.iter_mut().zip(found) {

@@ -60,7 +60,6 @@ impl fmt::Display for Violation {
 
 #[derive(Debug, Default)]
 struct Log {
-    keep_events: bool,
     events: Vec<Event>,
     violations: Vec<Violation>,
     ledger: Ledger,
@@ -92,7 +91,12 @@ pub enum Ended {
 
 /// The shared event and violation log of one modelled system.
 #[derive(Clone, Debug)]
-pub struct Recorder(Arc<Ghost<Log>>);
+pub struct Recorder {
+    log: Arc<Ghost<Log>>,
+    /// Whether events are kept ([`Recorder::without_events`]): fixed when made, so an event that
+    /// is not kept takes no lock.
+    keep_events: bool,
+}
 
 impl Default for Recorder {
     fn default() -> Self {
@@ -103,25 +107,23 @@ impl Default for Recorder {
 impl Recorder {
     /// A recorder that keeps every event.
     pub fn new() -> Self {
-        Recorder(Arc::new(Ghost::new(Log { keep_events: true, ..Log::default() })))
+        Recorder { log: Arc::new(Ghost::new(Log::default())), keep_events: true }
     }
 
     /// A recorder that keeps violations but no events (fuzzing and long runs).
     pub fn without_events() -> Self {
-        Recorder(Arc::new(Ghost::new(Log::default())))
+        Recorder { log: Arc::new(Ghost::new(Log::default())), keep_events: false }
     }
 
     /// Records an event made by the current thread (unless [`record_events`] turned recording
     /// off on this OS thread).
     pub fn event(&self, vm: Option<usize>, what: impl fmt::Display) {
-        if !RECORDING.get() {
+        if !self.keep_events || !RECORDING.get() {
             return;
         }
-        self.0.with(|log| {
-            if log.keep_events {
-                let seq = log.events.len() + 1;
-                log.events.push(Event { seq, thread: thread_name(), vm, what: what.to_string() });
-            }
+        self.log.with(|log| {
+            let seq = log.events.len() + 1;
+            log.events.push(Event { seq, thread: thread_name(), vm, what: what.to_string() });
         });
     }
 
@@ -129,7 +131,7 @@ impl Recorder {
     pub fn violation(&self, invariant: &Invariant, text: impl fmt::Display) {
         let text = text.to_string();
         self.event(None, format_args!("VIOLATION {}: {}", invariant.id, text));
-        self.0.with(|log| {
+        self.log.with(|log| {
             let after_event = log.events.len();
             log.violations.push(Violation { invariant: invariant.id, text, after_event });
         });
@@ -139,7 +141,7 @@ impl Recorder {
     /// arrives after a later one of it is an `order` violation; the same command read twice is an
     /// `exactly-once` violation.
     pub fn delivered(&self, tag: Tag, channel: u64) {
-        let (dup, later) = self.0.with(|log| {
+        let (dup, later) = self.log.with(|log| {
             let l = &mut log.ledger;
             let dup = l.delivered.contains(&tag);
             let later = l
@@ -166,49 +168,49 @@ impl Recorder {
 
     /// Ghost: access `tag` ended, as `how` says.
     pub fn ended(&self, tag: Tag, how: Ended) {
-        self.0.with(|log| log.ledger.ended.push((tag, how)));
+        self.log.with(|log| log.ledger.ended.push((tag, how)));
     }
 
     /// The ledger so far.
     pub fn ledger(&self) -> Ledger {
-        self.0.with(|log| log.ledger.clone())
+        self.log.with(|log| log.ledger.clone())
     }
 
     /// Every violation recorded so far.
     pub fn violations(&self) -> Vec<Violation> {
-        self.0.with(|log| log.violations.clone())
+        self.log.with(|log| log.violations.clone())
     }
 
     /// How many violations were recorded so far.
     pub fn violation_count(&self) -> usize {
-        self.0.with(|log| log.violations.len())
+        self.log.with(|log| log.violations.len())
     }
 
     /// The violations recorded after the first `since`.
     pub fn violations_since(&self, since: usize) -> Vec<Violation> {
-        self.0.with(|log| log.violations.get(since..).unwrap_or_default().to_vec())
+        self.log.with(|log| log.violations.get(since..).unwrap_or_default().to_vec())
     }
 
     /// Events recorded so far.
     pub fn event_count(&self) -> usize {
-        self.0.with(|log| log.events.len())
+        self.log.with(|log| log.events.len())
     }
 
     /// The events recorded after the first `since`.
     pub fn events_since(&self, since: usize) -> Vec<Event> {
-        self.0.with(|log| log.events.get(since..).unwrap_or_default().to_vec())
+        self.log.with(|log| log.events.get(since..).unwrap_or_default().to_vec())
     }
 
     /// Every event recorded so far.
     pub fn events(&self) -> Vec<Event> {
-        self.0.with(|log| log.events.clone())
+        self.log.with(|log| log.events.clone())
     }
 
     /// A scenario's setup is over: the violations recorded so far are setup findings, which the
     /// verdict does not count (a row judges what its threads do). Their trace lines say so, and
     /// one more event says where the setup ended; returns how many there were.
     pub fn end_setup(&self) -> usize {
-        let found = self.0.with(|log| {
+        let found = self.log.with(|log| {
             for e in log.events.iter_mut() {
                 if let Some(rest) = e.what.strip_prefix("VIOLATION ") {
                     e.what = format!("setup finding (not in the verdict) {rest}");
@@ -224,7 +226,7 @@ impl Recorder {
 
     /// The trace, one numbered line per event.
     pub fn format_trace(&self) -> String {
-        self.0.with(|log| log.events.iter().map(|e| format!("{e}\n")).collect())
+        self.log.with(|log| log.events.iter().map(|e| format!("{e}\n")).collect())
     }
 }
 

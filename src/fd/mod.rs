@@ -482,7 +482,15 @@ impl FdTable {
 
     /// The number the next [`install`](Self::install) gives out.
     pub fn next_fd(&self) -> i32 {
-        (FIRST_FD..).find(|n| !self.files.contains_key(n)).expect("a free fd number")
+        // the first gap in the numbers in use from FIRST_FD (the map's keys are in order)
+        let mut next = FIRST_FD;
+        for &fd in self.files.range(FIRST_FD..).map(|(fd, _)| fd) {
+            if fd != next {
+                break;
+            }
+            next += 1;
+        }
+        next
     }
 
     /// Installs `file` at the lowest free number from 3 (the table owns the file's reference).

@@ -625,7 +625,15 @@ impl World {
     // ---- files and the fd table ----
 
     pub fn next_fd(&self) -> i32 {
-        (3..).find(|n| !self.fds.contains_key(n)).expect("a free fd")
+        // the first gap in the numbers in use from 3 (the map's keys are in order)
+        let mut next = 3;
+        for &fd in self.fds.range(3..).map(|(fd, _)| fd) {
+            if fd != next {
+                break;
+            }
+            next += 1;
+        }
+        next
     }
 
     pub fn install(&mut self, f: usize) -> i32 {
