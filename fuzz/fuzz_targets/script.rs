@@ -2,3 +2,8 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| ioregionfd_model_fuzz_targets::script::run(data));
+
+// `fuzz/fast` builds with feature `mimalloc` (docs/fuzzing.md, "The throughput configuration").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
