@@ -1391,7 +1391,7 @@ impl World {
         dm: u64,
     ) -> Result<(), Errno> {
         let e = self.efd_get(fd)?;
-        let clash = self.vm_ioevs(vm).into_iter().any(|i| {
+        let clash = self.vm_ioevs(vm).any(|i| {
             let q = &self.ioevs[i];
             q.bus == bus
                 && q.addr == addr
@@ -1420,8 +1420,9 @@ impl World {
         Ok(())
     }
 
-    pub fn vm_ioevs(&self, vm: usize) -> Vec<usize> {
-        (0..self.ioevs.len()).filter(|&i| self.ioevs[i].live && self.ioevs[i].vm == vm).collect()
+    /// The live ioeventfds of VM `vm`, by index.
+    pub fn vm_ioevs(&self, vm: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.ioevs.len()).filter(move |&i| self.ioevs[i].live && self.ioevs[i].vm == vm)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1436,7 +1437,7 @@ impl World {
         dm: u64,
     ) -> Result<(), Errno> {
         let e = self.efd_get(fd)?;
-        let found = self.vm_ioevs(vm).into_iter().find(|&i| {
+        let found = self.vm_ioevs(vm).find(|&i| {
             let p = &self.ioevs[i];
             p.bus == bus
                 && p.efd == e
@@ -1808,7 +1809,7 @@ impl World {
                     let rb = &self.regions[b];
                     t.overlap += u32::from(exact_overlap(ra.paddr, ra.size, rb.paddr, rb.size));
                 }
-                for p in self.ioevs.iter().filter(|p| p.live && p.vm == vm && p.bus == bus) {
+                for p in self.vm_ioevs(vm).map(|i| &self.ioevs[i]).filter(|p| p.bus == bus) {
                     t.overlap += u32::from(exact_overlap(ra.paddr, ra.size, p.addr, u64::from(p.len)));
                 }
             }
